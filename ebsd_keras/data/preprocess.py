@@ -1,0 +1,74 @@
+"""Pattern preprocessing as in the paper: rescaling to 8 bit and CLAHE (clip limit 10, 4 x 4 tiles).
+
+OpenCV's CLAHE is deterministic, works on uint8 images and is what the authors used, so generated and reference
+patterns are processed by exactly the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["CLAHEConfig", "clahe", "rescale_to_uint8"]
+
+
+@dataclass(frozen=True)
+class CLAHEConfig:
+    """Contrast-limited adaptive histogram equalisation settings.
+
+    Attributes
+    ----------
+    clip_limit
+        OpenCV ``clipLimit`` (the paper: 10).
+    tiles
+        Tile grid (rows, columns) (the paper: 4 x 4).
+    """
+
+    clip_limit: float = 10.0
+    tiles: tuple[int, int] = (4, 4)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tiles"] = list(self.tiles)
+        d["method"] = "clahe-opencv"
+        return d
+
+
+def clahe(patterns: np.ndarray, config: CLAHEConfig | None = None) -> np.ndarray:
+    """Apply CLAHE to one pattern (H, W) or a stack (N, H, W) of uint8 patterns.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 array of the same shape.
+    """
+    config = config or CLAHEConfig()
+    patterns = np.asarray(patterns)
+    if patterns.dtype != np.uint8:
+        raise TypeError(f"CLAHE needs uint8 patterns, got {patterns.dtype}; rescale with rescale_to_uint8 first")
+    op = cv2.createCLAHE(clipLimit=float(config.clip_limit), tileGridSize=tuple(int(t) for t in config.tiles))
+    if patterns.ndim == 2:
+        return op.apply(np.ascontiguousarray(patterns))
+    if patterns.ndim != 3:
+        raise ValueError(f"expected (H, W) or (N, H, W) patterns, got shape {patterns.shape}")
+    out = np.empty_like(patterns)
+    for i in range(patterns.shape[0]):
+        out[i] = op.apply(np.ascontiguousarray(patterns[i]))
+    return out
+
+
+def rescale_to_uint8(patterns: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Linearly map ``[lo, hi]`` to ``[0, 255]`` and round to uint8 (clipping outside values).
+
+    ``lo`` and ``hi`` default to the array's own minimum and maximum; pass the values of the whole file to keep the
+    relative intensities of patterns in one EMsoft file (EMsoft writes int32 and float32 patterns unnormalised).
+    """
+    x = np.asarray(patterns, dtype=np.float64)
+    lo = float(np.min(x)) if lo is None else float(lo)
+    hi = float(np.max(x)) if hi is None else float(hi)
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("patterns contain non-finite values")
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.clip(np.rint((x - lo) * scale), 0, 255).astype(np.uint8)
