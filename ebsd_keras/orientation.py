@@ -227,9 +227,7 @@ def _left_multiplication_matrices() -> np.ndarray:
     for s0, s1, s2, s3 in CUBIC_SYMMETRY:
         # rows: components of S * delta; columns: components of delta
         mats.append(
-            np.array(
-                [[s0, -s1, -s2, -s3], [s1, s0, -s3, s2], [s2, s3, s0, -s1], [s3, -s2, s1, s0]], dtype=np.float64
-            ).T
+            np.array([[s0, -s1, -s2, -s3], [s1, s0, -s3, s2], [s2, s3, s0, -s1], [s3, -s2, s1, s0]], dtype=np.float64).T
         )
     return np.concatenate(mats, axis=1)
 

@@ -64,9 +64,7 @@ def test_symmetry_group_is_closed_and_has_24_unit_elements():
     dots = np.abs(prod @ CUBIC_SYMMETRY.T)
     assert np.allclose(dots.max(axis=1), 1.0)
     # the same set as orix's proper cubic group 432
-    np.testing.assert_allclose(
-        np.abs(symmetry.O.data @ CUBIC_SYMMETRY.T).max(axis=1), np.ones(24), atol=1e-12
-    )
+    np.testing.assert_allclose(np.abs(symmetry.O.data @ CUBIC_SYMMETRY.T).max(axis=1), np.ones(24), atol=1e-12)
 
 
 def test_product_and_conjugate():
@@ -102,9 +100,7 @@ def test_reduce_to_fundamental_zone(pairs):
     # inside the 432 zone: no equivalent has a smaller rotation angle
     equiv = np.abs(quaternion_multiply(CUBIC_SYMMETRY[None], fz[:, None])[..., 0])
     assert np.all(fz[:, 0] >= equiv.max(axis=1) - 1e-12)
-    np.testing.assert_allclose(
-        fz, reduce_to_fundamental_zone(Orientation(a, symmetry.Oh).reduce().data), atol=1e-9
-    )
+    np.testing.assert_allclose(fz, reduce_to_fundamental_zone(Orientation(a, symmetry.Oh).reduce().data), atol=1e-9)
 
 
 def test_check_euler_radians_refuses_degrees_and_nan():
@@ -141,9 +137,7 @@ def test_keras_loss_gradient_finite_at_zero_and_descends():
     for start in (target, target * 2.0):  # identical (non-normalised) orientations: finite gradient
         x = tf.Variable(start)
         with tf.GradientTape() as tape:
-            total = tf.reduce_sum(disorientation_loss(target, x)) + tf.reduce_sum(
-                disorientation_angle(target, x)
-            )
+            total = tf.reduce_sum(disorientation_loss(target, x)) + tf.reduce_sum(disorientation_angle(target, x))
         grad = tape.gradient(total, x)
         assert np.all(np.isfinite(grad.numpy()))
     # gradient descent on the loss reduces the disorientation
