@@ -1,0 +1,434 @@
+"""Build train / validation / test EBSD pattern sets from master patterns (GPL ``emsoft`` extra).
+
+Output directory (written atomically: it appears complete or not at all)::
+
+    out_dir/train.h5, val.h5, test.h5   EMsoft EMEBSD layout (kikuchipy.load opens them), uint8 patterns
+    out_dir/dataset.json                what was built: counts, sampling, voltages, sources, detector,
+                                        preprocessing, seed, timing, package versions
+
+Orientations: each split is its own cubochoric grid of the cubic m-3m fundamental zone (distinct, co-prime densities,
+see :func:`ebsd_keras.data.sampling.split_densities`), or the training orientations come from an EMsoft angle file.
+Orientations of validation / test that coincide (up to cubic symmetry) with an earlier split are removed, so no
+orientation is in two splits. ``max_per_split`` draws a deterministic random subset of each split.
+
+Voltages: one voltage gives files with a per-file voltage (NML ``energymax``). Several voltages repeat the split's
+orientation list in consecutive blocks, one per voltage in the order given, with the per-pattern dataset
+``EMData/EBSD/AcceleratingVoltage`` (kV) — the authors' layout.
+
+Patterns: projected with kikuchipy, each rescaled on its own to [0, 255] uint8, then CLAHE (clip limit 10, 4 x 4 tiles
+by default) unless disabled. Patterns are streamed batch by batch to the files, so memory does not grow with the
+dataset size (EMsoft's 333,227-orientation set included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ebsd_keras import __version__
+from ebsd_keras._atomic import atomic_dir
+from ebsd_keras.checks import check_voltage_kv
+from ebsd_keras.data.preprocess import CLAHEConfig
+from ebsd_keras.data.preprocess import clahe as apply_clahe
+from ebsd_keras.errors import EBSDInputError
+
+__all__ = ["SPLITS", "SOURCES", "build_dataset", "resolve_sources"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+#: ``source`` values: "auto" = EMsoft dynamical where a master pattern exists (a given file, or the embedded Ni 20 kV
+#: one when every voltage is 20 kV), otherwise kinematical for *all* voltages.
+SOURCES = ("auto", "emsoft", "kinematical")
+_PACKAGES = ("kikuchipy", "orix", "diffsims", "numpy", "h5py", "scipy", "numba", "tqdm")
+#: Cubochoric grids hold about this many orientations per semi-edge step cubed (EMsoft: N = 100 -> 333,227).
+_CUBOCHORIC_DENSITY = 0.333227
+#: The paper's preprocessing: CLAHE with clip limit 10 on 4 x 4 tiles (frozen, so safe as a default argument).
+DEFAULT_CLAHE = CLAHEConfig()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _voltages(energy_kv, voltages) -> list[float]:
+    vals = [energy_kv] if voltages is None else list(np.atleast_1d(voltages))
+    if not vals:
+        raise EBSDInputError("no voltage given", None, "voltages")
+    v = check_voltage_kv(vals, None, "voltages").reshape(-1)
+    if len(np.unique(np.round(v, 6))) != len(v):
+        raise EBSDInputError(f"voltages repeat: {v.tolist()} kV", None, "voltages")
+    return [float(x) for x in v]
+
+
+def resolve_sources(voltages, master_pattern=None, source: str = "auto") -> list[tuple[float, str, object]]:
+    """Decide the master-pattern source of every voltage, before anything is loaded.
+
+    Parameters
+    ----------
+    voltages
+        Voltages in kV.
+    master_pattern
+        ``None``, one EMsoft master-pattern file (used at every voltage: it must hold each energy), or a dict
+        ``{kV: file}``.
+    source
+        "auto", "emsoft" or "kinematical" (see :data:`SOURCES`).
+
+    Returns
+    -------
+    list
+        ``(kV, kind, file)`` per voltage: kind "emsoft-dynamical" (file ``None`` = the embedded Ni 20 kV master
+        pattern) or "kinematical" (file ``None``). All voltages get the same kind.
+    """
+    if source not in SOURCES:
+        raise EBSDInputError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}", None, "source")
+    if isinstance(master_pattern, dict):
+        files = {}
+        for kv, path in master_pattern.items():
+            files[round(float(check_voltage_kv(kv, path, "master_pattern voltage")), 6)] = path
+        missing = [v for v in voltages if round(v, 6) not in files]
+        if missing:
+            raise EBSDInputError(
+                f"no master-pattern file for {', '.join(f'{v:g}' for v in missing)} kV", None, "master_pattern"
+            )
+        per_kv = {v: files[round(v, 6)] for v in voltages}
+    else:
+        per_kv = {v: master_pattern for v in voltages}
+    given = any(p is not None for p in per_kv.values())
+    if source == "kinematical":
+        if given:
+            raise EBSDInputError("a master-pattern file was given with source='kinematical'", None, "source")
+        return [(v, "kinematical", None) for v in voltages]
+    if given or all(abs(v - 20.0) < 1e-6 for v in voltages):
+        return [(v, "emsoft-dynamical", per_kv[v]) for v in voltages]
+    if source == "emsoft":
+        raise EBSDInputError(
+            "the embedded EMsoft master pattern is Ni 20 kV only; give a master-pattern file for "
+            f"{', '.join(f'{v:g}' for v in voltages)} kV or use the kinematical source",
+            None,
+            "master_pattern",
+        )
+    logger.info(
+        "no dynamical master pattern for %s kV: using the kinematical simulator for every voltage",
+        ", ".join(f"{v:g}" for v in voltages),
+    )
+    return [(v, "kinematical", None) for v in voltages]
+
+
+def _load_source(kv: float, kind: str, path, half_size: int, progress: bool):
+    from ebsd_keras.data.simulate import kinematical_master_pattern, load_master_pattern
+
+    if kind == "kinematical":
+        return kinematical_master_pattern(kv, half_size=half_size, progress=progress)
+    return load_master_pattern(path, kv)
+
+
+def _read_orientations(value, what: str) -> tuple[np.ndarray, dict]:
+    """An angle file path or an (N, 4) quaternion array -> (quaternions, sampling record)."""
+    from ebsd_keras.io.emsoft import read_angle_file
+    from ebsd_keras.orientation import normalize_quaternions
+
+    if isinstance(value, (str, Path)):
+        q = read_angle_file(value)
+        return q, {"method": "angle-file", "file": str(value), "n_read": int(len(q))}
+    try:
+        q = normalize_quaternions(value)
+    except EBSDInputError as exc:
+        raise EBSDInputError(exc.message, None, what) from None
+    return q, {"method": "given", "n_read": int(len(q))}
+
+
+def _max_for(max_per_split, split: str):
+    if isinstance(max_per_split, dict):
+        value = max_per_split.get(split)
+    else:
+        value = max_per_split
+    if value is not None and (int(value) != value or value < 1):
+        raise EBSDInputError(f"maximum per split must be a positive integer, got {value!r}", None, f"max_{split}")
+    return None if value is None else int(value)
+
+
+def _orientations(n_train, n_val, n_test, train_orientations, max_per_split, seed, tol_deg):
+    """Orientation lists of the three splits and how each was made."""
+    from ebsd_keras.data.sampling import cubochoric_fundamental_zone, remove_shared, split_densities, subsample
+
+    seeds = np.random.SeedSequence(seed).generate_state(len(SPLITS))
+    out, records = {}, {}
+    if train_orientations is not None:
+        q, rec = _read_orientations(train_orientations, "train_orientations")
+        ref_steps = max(2, int(round((len(q) / _CUBOCHORIC_DENSITY) ** (1 / 3))))
+    else:
+        ref_steps = int(n_train)
+        q, rec = None, None
+    dens = split_densities(ref_steps)
+    steps = {
+        "train": dens.train,
+        "val": dens.val if n_val is None else n_val,
+        "test": dens.test if n_test is None else n_test,
+    }
+    for i, split in enumerate(SPLITS):
+        if split == "train" and q is not None:
+            grid, record = q, rec
+        else:
+            grid = cubochoric_fundamental_zone(steps[split])
+            record = {
+                "method": "cubochoric",
+                "point_group": "m-3m",
+                "semi_edge_steps": int(steps[split]),
+                "grid_size": int(len(grid)),
+            }
+        removed = 0
+        for other in SPLITS[:i]:  # no orientation in two splits (checked before subsampling: subsets stay disjoint)
+            grid, gone = remove_shared(grid, out[other], tol_deg=tol_deg)
+            removed += len(gone)
+        record["removed_shared_with_earlier_splits"] = int(removed)
+        cap = _max_for(max_per_split, split)
+        if cap is not None and cap < len(grid):
+            grid = subsample(grid, cap, seed=int(seeds[i]))
+            record["subsampled"] = {"max": cap, "seed": int(seeds[i])}
+        if len(grid) == 0:
+            raise EBSDInputError(f"the {split} split has no orientations left", None, split)
+        out[split], records[split] = np.ascontiguousarray(grid, dtype=np.float64), record
+    # remove_shared compares full grids; subsampling afterwards keeps the splits disjoint
+    return out, records
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"ebsd_keras": __version__}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    try:
+        import cv2
+
+        out["opencv"] = cv2.__version__
+    except ImportError:  # pragma: no cover
+        out["opencv"] = None
+    return out
+
+
+def _source_record(source: dict) -> dict:
+    keep = (
+        "kind",
+        "file",
+        "embedded",
+        "program",
+        "energy_kv",
+        "npx",
+        "half_size",
+        "reflectors",
+        "scaling",
+        "space_group",
+        "lattice_parameters_nm",
+    )
+    return {k: source[k] for k in keep if k in source}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Build
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_dataset(
+    out_dir,
+    n_train: int = 100,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    *,
+    train_orientations=None,
+    max_per_split: int | dict | None = None,
+    master_pattern=None,
+    energy_kv: float = 20.0,
+    voltages=None,
+    source: str = "auto",
+    detector: dict | None = None,
+    clahe: CLAHEConfig | None = DEFAULT_CLAHE,
+    seed: int = 0,
+    batch_size: int = 2048,
+    overwrite: bool = False,
+    progress: bool = True,
+    kinematical_half_size: int = 200,
+    shared_tol_deg: float = 1e-4,
+) -> dict:
+    """Build ``train.h5``, ``val.h5``, ``test.h5`` and ``dataset.json`` in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir
+        Output directory; created atomically (nothing is left there if the build fails).
+    n_train
+        Cubochoric semi-edge steps of the training grid (EMsoft N = 100 -> 333,227 orientations, ~1.4 deg apart).
+    n_val, n_test
+        Semi-edge steps of the validation / test grids; default :func:`~ebsd_keras.data.sampling.split_densities`
+        (about n_train / 2, co-prime: 100 -> 51 and 49, each ~12 % of the training count). With
+        ``train_orientations`` the defaults follow the density that gives about as many orientations as the file.
+    train_orientations
+        EMsoft angle file (``eu`` degrees or ``qu``) or (N, 4) quaternions used for training instead of a grid.
+    max_per_split
+        Keep at most this many orientations per split (deterministic random subset); an int for every split or a
+        dict ``{"train": ..., "val": ..., "test": ...}``. Per voltage: a split has max * len(voltages) patterns.
+    master_pattern
+        EMsoft master-pattern file (used at every voltage), a dict ``{kV: file}``, or ``None``.
+    energy_kv
+        Voltage in kV when ``voltages`` is not given (default 20).
+    voltages
+        Several voltages in kV: the orientation list of each split is repeated once per voltage, in this order.
+    source
+        "auto" (default), "emsoft" or "kinematical": see :func:`resolve_sources`.
+    detector
+        Keyword arguments of :func:`ebsd_keras.data.simulate.make_detector`: ``shape`` (rows, cols), ``pc`` Bruker
+        (PCx, PCy, PCz), ``tilt_deg``, ``sample_tilt_deg``, ``px_size_um``, ``binning``. Default 60 x 60,
+        PC (0.5, 0.5, 0.6), tilts 10 and 70 deg, 50 um, binning 1.
+    clahe
+        CLAHE settings applied after the per-pattern rescaling to uint8; ``None`` for none.
+    seed
+        Seed of the subsampling (the grids and projections are deterministic).
+    batch_size
+        Patterns projected and written at a time.
+    overwrite
+        Replace an existing ``out_dir`` (only once the new one is complete).
+    progress
+        Show progress bars.
+    kinematical_half_size
+        Half side of kinematical master patterns, pixels.
+    shared_tol_deg
+        Disorientation (degrees) under which orientations of two splits count as the same.
+
+    Returns
+    -------
+    dict
+        The contents of ``dataset.json``.
+    """
+    from ebsd_keras.data.simulate import (
+        DEFAULT_DETECTOR,
+        detector_to_dict,
+        make_detector,
+        master_pattern_source,
+        project_patterns,
+    )
+    from ebsd_keras.io.emsoft import EMEBSDWriter
+    from ebsd_keras.orientation import quaternion_to_euler
+
+    t0 = time.perf_counter()
+    volts = _voltages(energy_kv, voltages)
+    plan = resolve_sources(volts, master_pattern, source)
+    det_kwargs = dict(DEFAULT_DETECTOR)
+    det_kwargs.update(detector or {})
+    unknown = set(det_kwargs) - set(DEFAULT_DETECTOR)
+    if unknown:
+        raise EBSDInputError(f"unknown detector settings {sorted(unknown)}", None, "detector")
+    det = make_detector(**det_kwargs)
+    det_dict = detector_to_dict(det)
+    if clahe is not None and not isinstance(clahe, CLAHEConfig):
+        raise EBSDInputError(f"clahe must be a CLAHEConfig or None, got {type(clahe).__name__}", None, "clahe")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise EBSDInputError(f"batch_size must be a positive integer, got {batch_size!r}", None, "batch_size")
+    preprocessing = {
+        "rescale": "per pattern: own [min, max] -> [0, 255], uint8",
+        "clahe": "none" if clahe is None else clahe.to_dict(),
+    }
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        quats, sampling = _orientations(n_train, n_val, n_test, train_orientations, max_per_split, seed, shared_tol_deg)
+        eulers = {s: quaternion_to_euler(q) for s, q in quats.items()}
+        n_volt = len(volts)
+        counts = {s: len(q) * n_volt for s, q in quats.items()}
+        splits_meta = {}
+        timing = {"projection_and_writing_s": {}}
+        # All master patterns first (a few MB each): every file's metadata then names its sources.
+        masters = [_load_source(kv, kind, path, kinematical_half_size, progress=False) for kv, kind, path in plan]
+        sources = [_source_record(master_pattern_source(mp)) for mp in masters]
+        if len({src["kind"] for src in sources}) != 1:  # resolve_sources makes this impossible; keep it so
+            raise EBSDInputError(f"mixed master-pattern sources: {[src['kind'] for src in sources]}")
+        first = master_pattern_source(masters[0])
+        layout = "voltage blocks over one orientation list" if n_volt > 1 else "single voltage"
+        with contextlib.ExitStack() as stack:
+            writers = {}
+            for split in SPLITS:
+                splits_meta[split] = {
+                    "file": f"{split}.h5",
+                    "n_patterns": counts[split],
+                    "n_orientations": len(quats[split]),
+                    "sampling": sampling[split],
+                }
+                meta = {
+                    "split": split,
+                    "preprocessing": preprocessing,
+                    "source": {"kind": sources[0]["kind"], "per_voltage": sources},
+                    "sampling": sampling[split],
+                    "detector": det_dict,
+                    "voltages_kv": volts,
+                    "layout": layout,
+                    "seed": int(seed),
+                }
+                writers[split] = stack.enter_context(
+                    EMEBSDWriter(
+                        tmp / f"{split}.h5",
+                        counts[split],
+                        tuple(det.shape),
+                        detector=det_dict,
+                        voltage_kv=None if n_volt > 1 else volts[0],
+                        per_pattern_voltage=n_volt > 1,
+                        metadata=meta,
+                        crystal=first.get("crystal"),
+                        overwrite=True,
+                        nml_extra={"masterfile": str(first.get("file") or first["kind"])},
+                    )
+                )
+            for b, (kv, mp) in enumerate(zip(volts, masters, strict=True)):
+                for split in SPLITS:
+                    ts = time.perf_counter()
+                    m = len(quats[split])
+                    for start, pats in project_patterns(
+                        mp, quats[split], det, kv, batch_size=batch_size, progress=progress, desc=f"{split} {kv:g} kV"
+                    ):
+                        if clahe is not None:
+                            pats = apply_clahe(pats, clahe)
+                        n = len(pats)
+                        writers[split].write(
+                            b * m + start, pats, eulers[split][start : start + n], voltage_kv=kv if n_volt > 1 else None
+                        )
+                    timing["projection_and_writing_s"][f"{split}@{kv:g}kV"] = round(time.perf_counter() - ts, 3)
+        del masters
+        total = time.perf_counter() - t0
+        n_all = sum(counts.values())
+        timing.update(
+            total_s=round(total, 3), patterns=n_all, patterns_per_s=round(n_all / total, 1) if total else None
+        )
+        summary = {
+            "format": "ebsd_keras.dataset",
+            "format_version": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "splits": splits_meta,
+            "voltages_kv": volts,
+            "layout": "per-voltage blocks of the split's orientation list, EMData/EBSD/AcceleratingVoltage per pattern"
+            if n_volt > 1
+            else "single voltage (NML energymax)",
+            "sources": sources,
+            "source_kind": sources[0]["kind"],
+            "detector": det_dict,
+            "pattern_shape": [int(s) for s in det.shape],
+            "preprocessing": preprocessing,
+            "seed": int(seed),
+            "batch_size": int(batch_size),
+            "shared_tol_deg": float(shared_tol_deg),
+            "conventions": "Euler Bunge (phi1, Phi, phi2) radians, passive; quaternions EMsoft P = +1; voltages kV; "
+            "PC Bruker fractions",
+            "timing": timing,
+            "versions": _versions(),
+        }
+        (tmp / "dataset.json").write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    logger.info("wrote %s: %s patterns in %.1f s", out_dir, n_all, total)
+    return summary
