@@ -1,0 +1,357 @@
+"""Model configurations: one frozen :class:`ModelConfig` per preset, and an analytic parameter count.
+
+Presets
+-------
+``"compact"`` (the default)
+    A convolutional design with a small spatial bottleneck (4x4 feature maps flattened into one Dense layer),
+    FiLM conditioning in the decoder and resize-convolution upsampling (no transposed convolutions, so no
+    checkerboards; shortcuts are bilinear upsampling + 1x1 convolution). About 5 M parameters for encoder, decoder
+    and critic together.
+``"paper"``
+    The authors' layer plan (Ding and De Graef 2023; docs/reference-implementation.md): latent 500, Xception-like
+    trunks, four huge Dense layers on flattened feature maps, decoder conditioning by adding an attribute MLP to the
+    latent MLP. About 1.244 B parameters (encoder 246.9 M, decoder 512.9 M, critic 484.0 M). Its flaws are fixed
+    without changing the parameter count: activations between all Dense layers, upsample + 1x1 conv shortcuts
+    instead of zero-insertion stride-2 1x1 transposed convolutions, bounded log-variance, logits output, an
+    unbounded critic score.
+``"tiny"``
+    For tests: under 200 k parameters, fast on a CPU.
+
+Spatial plans use ``padding="same"``, so a stride-2 stage maps H to ceil(H / 2); decoder upsampling factors must
+multiply the start size up to the image size exactly (checked when the config is made).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "ModelConfig",
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "get_preset",
+    "count_parameters",
+    "CONDITIONING_MODES",
+]
+
+#: Decoder conditioning modes. "add": separate latent and attribute MLPs whose outputs are added (the paper);
+#: "concat": one MLP on [z, attributes]; "film": "concat" plus a FiLM (per-channel scale and shift from the
+#: attributes) after every decoder stage.
+CONDITIONING_MODES = ("concat", "film", "add")
+_POOLING = ("flatten", "global_avg")
+_UPSAMPLING = ("resize", "transpose")
+_INTERPOLATION = ("bilinear", "nearest")
+_ACTIVATIONS = ("leaky_relu", "relu")
+
+
+def _tuplify(value):
+    """Lists (from JSON) back to tuples, recursively, so configs compare and hash equal after a round trip."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build the encoder, the decoder and the critic.
+
+    Sizes are channel counts (convolutions) or unit counts (Dense). ``*_blocks`` are ``(filters, stride)`` for the
+    encoder and critic residual blocks and ``(filters, upsampling factor)`` for the decoder blocks.
+
+    Attributes
+    ----------
+    name
+        Preset name (informational).
+    image_shape
+        (H, W) of the patterns, pixels; one channel.
+    latent_dim
+        Size of the latent vector z.
+    use_voltage
+        Whether the accelerating voltage is an attribute (input of encoder and decoder, output of the critic).
+    voltage_norm_kv
+        (center, scale) in kV: the models see (kV - center) / scale; the critic predicts kV.
+    negative_slope
+        LeakyReLU slope.
+    logvar_bounds
+        (low, high) for the encoder's log-variance, enforced by a smooth tanh soft clip.
+    conditioning
+        Decoder conditioning, one of :data:`CONDITIONING_MODES`. The encoder always concatenates the attributes to
+        its flattened features (as the authors' code does).
+    conv_bias
+        Whether convolutions have biases (the paper: no).
+    kernel_size
+        Spatial kernel size of all 3x3-type convolutions.
+    kernel_initializer
+        Keras initializer name for convolution and Dense kernels.
+    decoder
+        Decoder kind, a key of ``ebsd_keras.models.decoders.DECODERS``.
+    decoder_upsampling
+        "resize" (upsample, then convolve) or "transpose" (transposed convolutions, as in the paper).
+    critic_activation
+        "leaky_relu" or "relu" (the paper's critic uses ReLU).
+    """
+
+    name: str = "compact"
+    image_shape: tuple = (60, 60)
+    latent_dim: int = 128
+    use_voltage: bool = False
+    voltage_norm_kv: tuple = (20.0, 10.0)
+    negative_slope: float = 0.2
+    logvar_bounds: tuple = (-10.0, 4.0)
+    conditioning: str = "film"
+    conv_bias: bool = True
+    kernel_size: int = 3
+    kernel_initializer: str = "he_normal"
+    # encoder
+    encoder_stem: tuple = (32,)
+    encoder_blocks: tuple = ((48, 2), (96, 2), (128, 2), (128, 2))
+    encoder_pooling: str = "flatten"
+    encoder_dense: tuple = (512,)
+    # decoder
+    decoder: str = "cnn"
+    decoder_dense: tuple = (512,)
+    decoder_start: tuple = (5, 5, 128)
+    decoder_stem: tuple = ()
+    decoder_blocks: tuple = ((128, 3), (96, 2), (64, 2))
+    decoder_upsampling: str = "resize"
+    decoder_interpolation: str = "bilinear"
+    film_dim: int = 128
+    # critic (shared trunk + heads)
+    critic_activation: str = "leaky_relu"
+    critic_stem: tuple = (32,)
+    critic_blocks: tuple = ((64, 2), (128, 2), (192, 2), (128, 2))
+    critic_exit: tuple = ()
+    critic_pooling: str = "flatten"
+    critic_dense: tuple = (512,)
+    critic_score_dense: tuple = (128,)
+    critic_quaternion_dense: tuple = (256,)
+    critic_voltage_dense: tuple = (64,)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _tuplify(getattr(self, f.name)))
+        self._validate()
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _validate(self) -> None:
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(f"ModelConfig {self.name!r}: {msg}")
+
+        need(len(self.image_shape) == 2 and all(int(s) > 0 for s in self.image_shape), "image_shape must be (H, W)")
+        need(int(self.latent_dim) > 0, "latent_dim must be positive")
+        need(self.conditioning in CONDITIONING_MODES, f"conditioning must be one of {CONDITIONING_MODES}")
+        need(self.encoder_pooling in _POOLING and self.critic_pooling in _POOLING, f"pooling must be in {_POOLING}")
+        need(self.decoder_upsampling in _UPSAMPLING, f"decoder_upsampling must be one of {_UPSAMPLING}")
+        need(self.decoder_interpolation in _INTERPOLATION, f"decoder_interpolation must be one of {_INTERPOLATION}")
+        need(self.critic_activation in _ACTIVATIONS, f"critic_activation must be one of {_ACTIVATIONS}")
+        lo, hi = self.logvar_bounds
+        need(lo < hi, "logvar_bounds must be (low, high) with low < high")
+        need(
+            len(self.voltage_norm_kv) == 2 and self.voltage_norm_kv[1] > 0, "voltage_norm_kv must be (center, scale>0)"
+        )
+        need(len(self.decoder_start) == 3, "decoder_start must be (h, w, channels)")
+        for blocks, what in ((self.encoder_blocks, "encoder"), (self.critic_blocks, "critic")):
+            need(all(len(b) == 2 and b[1] in (1, 2) for b in blocks), f"{what}_blocks must be (filters, stride 1|2)")
+        need(all(len(b) == 2 and b[1] >= 1 for b in self.decoder_blocks), "decoder_blocks must be (filters, factor>=1)")
+        need(len(self.decoder_blocks) > 0 or len(self.decoder_stem) > 0, "the decoder needs at least one stage")
+        h, w, _ = self.decoder_start
+        factor = math.prod(int(b[1]) for b in self.decoder_blocks)
+        need(
+            (h * factor, w * factor) == tuple(self.image_shape),
+            f"decoder_start {h}x{w} times the upsampling factors ({factor}) gives {h * factor}x{w * factor}, "
+            f"not the image shape {self.image_shape[0]}x{self.image_shape[1]}",
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def attribute_dim(self) -> int:
+        """Length of the attribute vector the networks see: quaternion (4) plus normalised voltage (1)."""
+        return 4 + int(bool(self.use_voltage))
+
+    def replace(self, **overrides) -> ModelConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict (tuples become lists); inverse of :meth:`from_dict`."""
+
+        def listify(v):
+            return [listify(x) for x in v] if isinstance(v, tuple) else v
+
+        return {f.name: listify(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Build from :meth:`to_dict` output; unknown keys raise ``ValueError`` (a typo must not pass silently)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        return cls(**dict(data))
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "compact": ModelConfig(),
+    "paper": ModelConfig(
+        name="paper",
+        latent_dim=500,
+        conditioning="add",
+        conv_bias=False,
+        encoder_stem=(256, 256),
+        encoder_blocks=((256, 1), (512, 1), (728, 2), (512, 2)),
+        encoder_pooling="flatten",
+        encoder_dense=(2048, 2048, 1024),
+        decoder_dense=(1024, 2048, 4096),
+        decoder_start=(15, 15, 256),
+        decoder_stem=(256, 256),
+        decoder_blocks=((512, 1), (728, 2), (512, 2)),
+        decoder_upsampling="transpose",
+        critic_activation="relu",
+        critic_stem=(256, 256),
+        critic_blocks=((256, 1), (512, 1), (728, 1), (256, 2)),
+        critic_exit=(256, 256),
+        critic_pooling="flatten",
+        critic_dense=(2048,),
+        critic_score_dense=(1024, 256),
+        critic_quaternion_dense=(2048, 1024, 256),
+        critic_voltage_dense=(1024, 256),
+    ),
+    "tiny": ModelConfig(
+        name="tiny",
+        latent_dim=8,
+        encoder_stem=(8,),
+        encoder_blocks=((8, 2), (16, 2), (16, 2), (16, 2)),
+        encoder_dense=(32,),
+        decoder_dense=(32,),
+        decoder_start=(5, 5, 16),
+        decoder_blocks=((16, 3), (8, 2), (8, 2)),
+        film_dim=16,
+        critic_stem=(8,),
+        critic_blocks=((8, 2), (16, 2), (16, 2), (16, 2)),
+        critic_dense=(32,),
+        critic_score_dense=(16,),
+        critic_quaternion_dense=(16,),
+        critic_voltage_dense=(8,),
+    ),
+}
+
+DEFAULT_PRESET = "compact"
+
+
+def get_preset(name: str = DEFAULT_PRESET, **overrides) -> ModelConfig:
+    """Return a preset config, optionally with fields overridden (e.g. ``get_preset("compact", use_voltage=True)``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset name or an invalid override.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Analytic parameter count (mirrors blocks.py / encoder.py / decoders.py / critic.py layer by layer)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _conv(k, cin, cout, bias):
+    return k * k * cin * cout + (cout if bias else 0)
+
+
+def _sepconv(k, cin, cout, bias):
+    return k * k * cin + cin * cout + (cout if bias else 0)
+
+
+def _dense(nin, nout):
+    return nin * nout + nout
+
+
+def _dense_stack(nin, sizes):
+    total = 0
+    for n in sizes:
+        total += _dense(nin, n)
+        nin = n
+    return total, nin
+
+
+def _sep_residual(k, cin, cout, bias):
+    return _conv(1, cin, cout, bias) + _sepconv(k, cin, cout, bias) + _sepconv(k, cout, cout, bias)
+
+
+def _up_residual(k, cin, cout, bias):
+    # transposed and resize convolutions have the same kernel sizes
+    return _conv(1, cin, cout, bias) + _conv(k, cin, cout, bias) + _conv(k, cout, cout, bias)
+
+
+def _trunk(cfg, stem, blocks, exit_convs, pooling):
+    """Parameters and output feature size of a conv stem + separable residual blocks (+ exit sep-convs)."""
+    k, bias = cfg.kernel_size, cfg.conv_bias
+    h, w = cfg.image_shape
+    c, total = 1, 0
+    for f in stem:
+        total += _conv(k, c, f, bias)
+        c = f
+    for f, s in blocks:
+        total += _sep_residual(k, c, f, bias)
+        c = f
+        h, w = -(-h // s), -(-w // s)
+    for f in exit_convs:
+        total += _sepconv(k, c, f, bias)
+        c = f
+    return total, (h * w * c if pooling == "flatten" else c)
+
+
+def count_parameters(config: ModelConfig | str) -> dict[str, int]:
+    """Analytic parameter counts of the encoder, decoder and critic that ``config`` builds.
+
+    Returns
+    -------
+    dict
+        ``{"encoder": n, "decoder": n, "critic": n, "total": n}``; equals the built models' ``count_params()``
+        (tested on reduced-width variants), so the 1.24 B paper model need not be built to know its size.
+    """
+    cfg = get_preset(config) if isinstance(config, str) else config
+    if cfg.decoder != "cnn":
+        raise NotImplementedError(
+            f"no analytic parameter count for decoder kind {cfg.decoder!r}; build it and use count_params()"
+        )
+    k, bias, a = cfg.kernel_size, cfg.conv_bias, cfg.attribute_dim
+
+    enc, feat = _trunk(cfg, cfg.encoder_stem, cfg.encoder_blocks, (), cfg.encoder_pooling)
+    dense, nin = _dense_stack(feat + a, cfg.encoder_dense)
+    enc += dense + _dense(nin, 2 * cfg.latent_dim)
+
+    h0, w0, c0 = cfg.decoder_start
+    start = h0 * w0 * c0
+    if cfg.conditioning == "add":
+        zmlp, _ = _dense_stack(cfg.latent_dim, (*cfg.decoder_dense, start))
+        amlp, _ = _dense_stack(a, (*cfg.decoder_dense, start))
+        dec = zmlp + amlp
+    else:
+        dec, _ = _dense_stack(cfg.latent_dim + a, (*cfg.decoder_dense, start))
+    film = cfg.conditioning == "film"
+    if film:
+        dec += _dense_stack(a, (cfg.film_dim, cfg.film_dim))[0]
+    c = c0
+    for f in cfg.decoder_stem:
+        dec += _conv(k, c, f, bias)
+        c = f
+    for f, _factor in cfg.decoder_blocks:
+        dec += _up_residual(k, c, f, bias) + (_dense(cfg.film_dim, 2 * f) if film else 0)
+        c = f
+    dec += _conv(k, c, 1, True)  # logits head, always with a bias
+
+    crit, feat = _trunk(cfg, cfg.critic_stem, cfg.critic_blocks, cfg.critic_exit, cfg.critic_pooling)
+    shared, nin = _dense_stack(feat, cfg.critic_dense)
+    crit += shared
+    heads = [(cfg.critic_score_dense, 1), (cfg.critic_quaternion_dense, 4)]
+    if cfg.use_voltage:
+        heads.append((cfg.critic_voltage_dense, 1))
+    for hidden, nout in heads:
+        crit += _dense_stack(nin, (*hidden, nout))[0]
+    return {"encoder": enc, "decoder": dec, "critic": crit, "total": enc + dec + crit}
