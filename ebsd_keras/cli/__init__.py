@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from ebsd_keras import __version__
 from ebsd_keras.errors import EBSDInputError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("dataset", "convert", "inspect")
+SUBCOMMANDS = ("demo", "dataset", "convert", "inspect", "train")
 
 EPILOG = """\
 conventions: Euler angles are Bunge (phi1, Phi, phi2), passive (sample -> crystal), in radians unless --degrees is
@@ -45,11 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) is noise on the command line.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("hyperspy").setLevel(logging.WARNING)  # kikuchipy's host library announces itself at INFO
     try:
         return int(args.func(args) or 0)
     except (EBSDInputError, FileNotFoundError, FileExistsError) as exc:

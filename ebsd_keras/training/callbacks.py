@@ -1,0 +1,361 @@
+"""Training callbacks: exact resume backups, best-on-validation checkpoint, TensorBoard pattern grids, throughput,
+NaN guard and the SIGKILL test hook.
+
+Why our own backup instead of ``keras.callbacks.BackupAndRestore``: that callback restores weights and the epoch but
+(a) restarts the data iterator from scratch and (b) cannot restore ``keras.random.SeedGenerator`` states, which Keras
+saving does not write (neither ``save_weights`` nor ``.keras`` files; checked in tests/training/test_resume.py). A
+resumed run would then see other batches and other noise than an uninterrupted one. :class:`EpochBackup` writes, at
+every epoch end and atomically, ``model.save_weights`` (model, *both* optimizers' slots and iteration counters,
+metric states) plus a JSON state with the epoch, the seed-generator states and the best-checkpoint value;
+:func:`ebsd_keras.training.phases.train` skips the batches already consumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+__all__ = [
+    "EpochBackup",
+    "BestCheckpoint",
+    "ImageGridCallback",
+    "ThroughputMeter",
+    "NaNGuard",
+    "KillAfterSteps",
+    "KILL_ENV_VAR",
+    "atomic_keras_save",
+    "read_backup_state",
+    "restore_backup",
+    "seed_generator_states",
+    "set_seed_generator_states",
+    "pattern_grid",
+]
+
+#: Test hook: when this environment variable is set to N, the process SIGKILLs itself after N training batches
+#: (used by tests/training/test_resume.py to simulate a crash; never set it otherwise).
+KILL_ENV_VAR = "EBSD_KERAS_TEST_KILL_AFTER_STEPS"
+STATE_FILE = "state.json"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# atomic Keras saves and seed-generator state
+# ----------------------------------------------------------------------------------------------------------------
+def atomic_keras_save(save, target, suffix: str) -> None:
+    """Call ``save(tmp_path)`` and rename the result to ``target`` (Keras needs the real suffix on the temp name).
+
+    Parameters
+    ----------
+    save
+        Callable writing a file at the given path, e.g. ``model.save`` or ``model.save_weights``.
+    target
+        Final path.
+    suffix
+        ".keras" or ".weights.h5".
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        save(str(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_json(target, data) -> None:
+    from ebsd_keras._atomic import atomic_path
+
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _seed_variables(model) -> list:
+    # SeedGenerator states are ordinary (non-trainable) variables named "seed_generator_state".
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def seed_generator_states(model) -> list[dict]:
+    """The state of every ``keras.random.SeedGenerator`` in ``model`` as JSON-friendly ``{path, value}`` dicts."""
+    return [{"path": v.path, "value": np.asarray(v.numpy()).tolist()} for v in _seed_variables(model)]
+
+
+def set_seed_generator_states(model, states: list[dict]) -> None:
+    """Inverse of :func:`seed_generator_states` (matched by order; paths must agree)."""
+    variables = _seed_variables(model)
+    if len(variables) != len(states):
+        raise ValueError(f"model has {len(variables)} seed generators, the backup {len(states)}")
+    for v, s in zip(variables, states, strict=True):
+        # Layer-name suffixes (_1, _2) differ between processes; compare the last two path components.
+        if v.path.split("/")[-2:] != s["path"].split("/")[-2:]:
+            raise ValueError(f"seed generator {v.path!r} does not match the backup's {s['path']!r}")
+        v.assign(np.asarray(s["value"], dtype=v.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backup / resume
+# ----------------------------------------------------------------------------------------------------------------
+def read_backup_state(backup_dir) -> dict | None:
+    """The last complete backup's state (``epoch``, ``weights``, ``seed_generators``, ``best``, ``logs``), or None."""
+    path = Path(backup_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    if not (Path(backup_dir) / state["weights"]).is_file():
+        return None
+    return state
+
+
+def restore_backup(model, backup_dir, state: dict) -> None:
+    """Load the backup's weights (model + optimizers) and seed-generator states into a compiled ``model``."""
+    model.load_weights(str(Path(backup_dir) / state["weights"]))
+    set_seed_generator_states(model, state["seed_generators"])
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Write a resumable backup at every epoch end: weights + optimizers + seed states + epoch, atomically.
+
+    The weights go to ``ckpt-<epoch>.weights.h5`` (renamed into place when complete), then ``state.json`` naming it
+    is replaced atomically, then older checkpoints are removed: a kill at any point leaves a consistent backup.
+
+    Parameters
+    ----------
+    backup_dir
+        Directory for the backup files.
+    best
+        Optional :class:`BestCheckpoint` whose best value is saved with the state (so a resumed run keeps it).
+    final_epoch
+        Index of the run's last epoch, which is not backed up: the final model is saved right after it, and a run
+        killed in between redoes that epoch from the previous backup, with the same result.
+    """
+
+    def __init__(self, backup_dir, best: BestCheckpoint | None = None, final_epoch: int | None = None):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+        self.best = best
+        self.final_epoch = final_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if not math.isfinite(float(logs.get("loss", 0.0))):
+            return  # never back up NaN weights; the previous backup stays the resume point
+        if self.final_epoch is not None and epoch >= self.final_epoch:
+            return
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        name = f"ckpt-{epoch}.weights.h5"
+        atomic_keras_save(self.model.save_weights, self.backup_dir / name, ".weights.h5")
+        state = {
+            "epoch": int(epoch),
+            "weights": name,
+            "seed_generators": seed_generator_states(self.model),
+            "best": None if self.best is None else self.best.get_state(),
+            "logs": {k: float(v) for k, v in logs.items()},
+        }
+        _atomic_json(self.backup_dir / STATE_FILE, state)
+        for old in self.backup_dir.glob("ckpt-*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    @staticmethod
+    def remove(backup_dir) -> None:
+        """Delete a backup directory (after the run finished)."""
+        shutil.rmtree(backup_dir, ignore_errors=True)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the model (.keras, atomically) whenever ``monitor`` reaches a new minimum at an epoch end.
+
+    Unlike ``keras.callbacks.ModelCheckpoint`` its best value is part of the resume state
+    (:meth:`get_state` / :meth:`set_state`), so a resumed run saves exactly the epochs an uninterrupted run would.
+    """
+
+    def __init__(self, filepath, monitor: str):
+        super().__init__()
+        self.filepath = Path(filepath)
+        self.monitor = monitor
+        self.best = math.inf
+        self.best_epoch = None
+
+    def get_state(self) -> dict:
+        return {
+            "monitor": self.monitor,
+            "value": None if self.best_epoch is None else self.best,
+            "epoch": self.best_epoch,
+        }
+
+    def set_state(self, state: dict | None) -> None:
+        if state and state.get("epoch") is not None:
+            self.best, self.best_epoch = float(state["value"]), int(state["epoch"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)) or float(value) >= self.best:
+            return
+        self.best, self.best_epoch = float(value), int(epoch)
+        atomic_keras_save(self.model.save, self.filepath, ".keras")
+
+
+class NaNGuard(keras.callbacks.TerminateOnNaN):
+    """``TerminateOnNaN`` that remembers it fired (``triggered``), so the run does not save NaN weights."""
+
+    triggered = False
+
+    def on_batch_end(self, batch, logs=None):
+        super().on_batch_end(batch, logs)
+        if self.model.stop_training:
+            self.triggered = True
+
+
+class ThroughputMeter(keras.callbacks.Callback):
+    """Training throughput excluding tracing and validation.
+
+    Per epoch, times from the end of the first batch to the end of the last, so the first (tracing) step and the
+    validation between epochs are not counted.
+    """
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self.seconds = 0.0
+        self.steps = 0
+        self.total_steps = 0
+        self._t0 = None
+        self._last = None
+        self._n = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0, self._n = None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.total_steps += 1
+        if self._t0 is None:
+            self._t0 = now
+        else:
+            self._n += 1
+            self._last = now
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._n:
+            self.seconds += self._last - self._t0
+            self.steps += self._n
+
+    @property
+    def patterns_per_s(self) -> float | None:
+        """Patterns per second (one pattern = one element of a training batch), None if not measurable."""
+        return self.steps * self.batch_size / self.seconds if self.seconds > 0 else None
+
+
+class KillAfterSteps(keras.callbacks.Callback):
+    """TEST HOOK: SIGKILL this process after ``steps`` training batches (simulates a crash, no cleanup runs).
+
+    Added by :func:`~ebsd_keras.training.phases.train` only when the environment variable :data:`KILL_ENV_VAR`
+    is set.
+    """
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = int(steps)
+        self._seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._seen += 1
+        if self._seen >= self.steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TensorBoard pattern grids
+# ----------------------------------------------------------------------------------------------------------------
+def pattern_grid(patterns, cols: int = 8) -> np.ndarray:
+    """Tile patterns (N, H, W[, 1]) in [0, 1] into one (1, rows*H, cols*W, 1) image (blank cells are 0)."""
+    p = np.asarray(patterns, dtype=np.float32)
+    if p.ndim == 4:
+        p = p[..., 0]
+    n, h, w = p.shape
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    grid = np.zeros((rows * h, cols * w), np.float32)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = p[i]
+    return np.clip(grid, 0.0, 1.0)[None, :, :, None]
+
+
+class ImageGridCallback(keras.callbacks.Callback):
+    """Every ``every_steps`` training steps (and at the end), write three pattern grids to TensorBoard.
+
+    ``patterns/real`` (a fixed validation batch), ``patterns/reconstructed`` (the deterministic reconstruction,
+    z = mu) and ``patterns/prior`` (the decoder at fixed latent draws z ~ N(0, I) with the batch's attributes).
+    Everything is fixed and nothing draws from the model's seed generators, so the grids are comparable across
+    steps and writing them never changes the training noise.
+
+    Parameters
+    ----------
+    log_dir
+        Directory of the image event files (e.g. ``OUT/logs/images``).
+    batch
+        Dict with ``pattern`` (N, H, W, 1), ``quaternion`` (N, 4) and ``voltage_kv`` (N,) numpy arrays.
+    every_steps
+        Step interval (>= 1).
+    seed
+        Seed of the fixed latent draws.
+    initial_step
+        Global step at which training starts (non-zero when resuming).
+    """
+
+    def __init__(self, log_dir, batch: dict, every_steps: int, seed: int = 0, initial_step: int = 0):
+        super().__init__()
+        self.log_dir = str(log_dir)
+        self.batch = {k: np.asarray(v) for k, v in batch.items() if k in ("pattern", "quaternion", "voltage_kv")}
+        self.every_steps = int(every_steps)
+        self.seed = int(seed)
+        self.step = int(initial_step)
+        self._writer = None
+        self._z = None
+        self.written_steps: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+        n = len(self.batch["pattern"])
+        latent = self.model.model_config.latent_dim
+        self._z = np.random.default_rng(self.seed).standard_normal((n, latent)).astype(np.float32)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every_steps == 0:
+            self.write(self.step)
+
+    def on_train_end(self, logs=None):
+        if self.step not in self.written_steps:
+            self.write(self.step)
+        if self._writer is not None:
+            self._writer.flush()
+
+    def write(self, step: int) -> None:
+        """Write the three grids at ``step``."""
+        import tensorflow as tf
+
+        attrs = {"quaternion": self.batch["quaternion"]}
+        if self.model.model_config.use_voltage:
+            attrs["voltage_kv"] = self.batch["voltage_kv"]
+        recon = np.asarray(self.model(self.batch, training=False))
+        prior = np.asarray(self.model.generate(attrs, z=self._z))
+        with self._writer.as_default(step=int(step)):
+            tf.summary.image("patterns/real", pattern_grid(self.batch["pattern"]))
+            tf.summary.image("patterns/reconstructed", pattern_grid(recon))
+            tf.summary.image("patterns/prior", pattern_grid(prior))
+        self._writer.flush()
+        self.written_steps.append(int(step))

@@ -1,0 +1,480 @@
+"""Run one training phase (cvae, critic or gan) from a :class:`~ebsd_keras.training.config.TrainConfig`.
+
+Files a run writes in ``output_dir``
+------------------------------------
+``config.json``
+    The resolved configuration (phase defaults filled in, the seed drawn if none was given).
+``model.keras``
+    The final model (written atomically at the end); the next phase's ``init_from``.
+``best.keras``
+    The model at the epoch with the lowest validation metric (:data:`~ebsd_keras.training.config.BEST_METRIC`:
+    ``val_bce_gap`` for cvae and gan, ``val_disorientation_real_deg`` for critic; the training metric when the
+    dataset has no "val" split).
+``history.csv``
+    One row of metrics per epoch (``keras.callbacks.CSVLogger``).
+``logs/``
+    TensorBoard: ``train/`` and ``validation/`` scalars (every tracker), ``images/`` pattern grids.
+``summary.json``
+    Final metrics, best validation metric, wall time, patterns/s.
+``backup/``
+    Resume state while a run is unfinished (removed at the end).
+
+Determinism and exact resume
+----------------------------
+The batch sequence is a function of the seed only: ``make_dataset(seed=seed, repeat=True, drop_remainder=True)``
+with a fixed ``steps_per_epoch`` (Keras keeps one iterator across epochs). Weights, data order and the training
+noise (the CVAEGAN's ``SeedGenerator``) are seeded, and with ``deterministic=True``
+``tf.config.experimental.enable_op_determinism()`` makes kernels reproducible. A run killed at any point resumes
+from its last epoch-end backup (weights, both optimizers, seed-generator states, best value) and skips the
+``initial_epoch * steps_per_epoch`` batches already consumed, so it ends with the same weights as an uninterrupted
+run (tests/training/test_resume.py kills a run with SIGKILL to check this).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.training.callbacks import (
+    KILL_ENV_VAR,
+    BestCheckpoint,
+    EpochBackup,
+    ImageGridCallback,
+    KillAfterSteps,
+    NaNGuard,
+    ThroughputMeter,
+    atomic_keras_save,
+    read_backup_state,
+    restore_backup,
+)
+from ebsd_keras.training.config import BEST_METRIC, RESUME_MUTABLE, TrainConfig
+
+__all__ = ["train", "OUTPUT_FILES"]
+
+logger = logging.getLogger(__name__)
+
+#: Files (and directories) a finished run leaves in its output directory.
+OUTPUT_FILES = ("config.json", "model.keras", "best.keras", "history.csv", "summary.json", "logs")
+_BATCH_KEYS = ("pattern", "quaternion", "voltage_kv")
+_GRID_SIZE = 8
+
+
+def train(config: TrainConfig, verbose="auto", callbacks=None) -> dict:
+    """Train one phase and write the run's files (see the module docstring).
+
+    Parameters
+    ----------
+    config
+        The run's :class:`TrainConfig`.
+    verbose
+        ``fit``'s verbosity (progress bar: "auto" / 1; 2 one line per epoch; 0 silent).
+    callbacks
+        Extra Keras callbacks (appended after ours).
+
+    Returns
+    -------
+    dict
+        The summary also written to ``summary.json``: ``status`` ("finished" or "terminated_on_nan"), ``phase``,
+        ``epochs`` (completed), ``initial_epoch`` (where this process started; > 0 after a resume),
+        ``steps_per_epoch``, ``final_metrics`` (last epoch's logs), ``best`` (``monitor``, ``value``, ``epoch``),
+        ``wall_time_s`` (this process), ``train_time_s`` and ``patterns_per_s`` (steady-state training throughput
+        of this process, tracing and validation excluded), ``model_config``.
+
+    Raises
+    ------
+    EBSDInputError
+        Bad dataset (missing, schema, voltage filter, pattern shape differing from the model's), an
+        ``init_from`` file that is not a CVAEGAN, a resume whose configuration differs from the interrupted run's.
+    FileExistsError
+        ``output_dir`` holds a finished run and ``resume`` is True (use ``resume=False`` to train again).
+    ValueError
+        Invalid configuration values.
+    """
+    t_start = time.perf_counter()
+    config.validate()
+    import keras
+    import tensorflow as tf
+
+    from ebsd_keras.data.pipeline import dataset_size
+    from ebsd_keras.io.tfrecord import read_metadata
+
+    meta = read_metadata(config.data_dir)  # fail on a bad dataset before writing or building anything
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    backup_dir = out / "backup"
+    state = _prepare_output(config, out, backup_dir)
+    if state is not None:
+        config = _check_resume_config(config, out)
+    elif config.seed is None:
+        config = config.replace(seed=int(np.random.SeedSequence().generate_state(1)[0] >> 1))
+    cfg = config.resolved()
+    cfg.save(out / "config.json")
+    initial_epoch = 0 if state is None else state["epoch"] + 1
+    if initial_epoch:
+        logger.info("resuming %s after epoch %d (of %d) from %s", cfg.phase, initial_epoch, cfg.epochs, backup_dir)
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    previous_policy = keras.mixed_precision.global_policy().name
+    if cfg.mixed_precision_policy:
+        keras.mixed_precision.set_global_policy(cfg.mixed_precision_policy)
+    try:
+        model = _build_model(cfg)
+        _compile(model, cfg)
+        if state is not None:
+            restore_backup(model, backup_dir, state)
+
+        image_shape = tuple(model.model_config.image_shape)
+        _check_shape(cfg, meta, image_shape)
+        steps = _steps_per_epoch(cfg, dataset_size)
+        train_ds = _train_dataset(cfg, image_shape, skip_batches=initial_epoch * steps)
+        val_ds = _val_dataset(cfg, meta, image_shape, dataset_size)
+        if len(meta["voltages_kv"]) > 1 and not model.model_config.use_voltage and cfg.voltages is None:
+            logger.warning(
+                "the dataset has several voltages (%s kV) but the model does not take the voltage as an attribute "
+                "(set model.use_voltage or filter with voltages)",
+                ", ".join(f"{v:g}" for v in meta["voltages_kv"]),
+            )
+
+        monitor = ("val_" if val_ds is not None else "") + BEST_METRIC[cfg.phase]
+        cbs, best, throughput, nan_guard = _callbacks(cfg, out, meta, image_shape, monitor, state, steps)
+        cbs.extend(callbacks or [])
+
+        t_fit = time.perf_counter()
+        history = model.fit(
+            train_ds,
+            epochs=cfg.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            validation_data=val_ds,
+            callbacks=cbs,
+            verbose=verbose,
+            shuffle=False,  # the dataset shuffles itself (seeded)
+        )
+        train_time = time.perf_counter() - t_fit
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    epochs_done = initial_epoch + len(history.epoch)
+    status = "terminated_on_nan" if nan_guard.triggered else "finished"
+    if status == "finished":
+        _save_final(model, out, best, trained_last_epoch=bool(history.epoch) and best.best_epoch == epochs_done - 1)
+    else:
+        logger.error("loss became NaN/Inf; model.keras not written, resume point kept in %s", backup_dir)
+        epochs_done = initial_epoch + max(0, len(history.epoch) - 1)
+    summary = {
+        "status": status,
+        "phase": cfg.phase,
+        "epochs": epochs_done,
+        "initial_epoch": initial_epoch,
+        "steps_per_epoch": steps,
+        "batch_size": cfg.batch_size,
+        "final_metrics": _final_metrics(history, state),
+        "best": best.get_state(),
+        "wall_time_s": time.perf_counter() - t_start,
+        "train_time_s": train_time,
+        "patterns_per_s": throughput.patterns_per_s,
+        "model_config": model.model_config.to_dict(),
+        "init_from": cfg.init_from,
+    }
+    from ebsd_keras.training.callbacks import _atomic_json
+
+    _atomic_json(out / "summary.json", summary)
+    if status == "finished":
+        EpochBackup.remove(backup_dir)
+    return summary
+
+
+def _callbacks(cfg: TrainConfig, out: Path, meta: dict, image_shape, monitor: str, state, steps: int):
+    """The run's callbacks, in the order they must run at an epoch end, and the ones train() reads afterwards."""
+    import keras
+
+    initial_epoch = 0 if state is None else state["epoch"] + 1
+    best = BestCheckpoint(out / "best.keras", monitor)
+    if state is not None:
+        best.set_state(state.get("best"))
+        _truncate_history(out / "history.csv", initial_epoch)
+    throughput = ThroughputMeter(cfg.batch_size)
+    nan_guard = NaNGuard()
+    cbs = [
+        nan_guard,
+        throughput,
+        best,
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(
+            log_dir=str(out / "logs"), update_freq=cfg.tensorboard_update_freq, write_graph=False, profile_batch=0
+        ),
+    ]
+    if cfg.image_every_steps:
+        grid = _grid_batch(cfg, meta, image_shape)
+        images = out / "logs" / "images"
+        cbs.append(ImageGridCallback(images, grid, cfg.image_every_steps, cfg.seed, initial_step=initial_epoch * steps))
+    # Last: the epoch's best value and CSV row are final when the backup is written.
+    cbs.append(EpochBackup(out / "backup", best=best, final_epoch=cfg.epochs - 1))
+    if os.environ.get(KILL_ENV_VAR):
+        cbs.append(KillAfterSteps(int(os.environ[KILL_ENV_VAR])))  # test hook, see callbacks.KILL_ENV_VAR
+    return cbs, best, throughput, nan_guard
+
+
+def _save_final(model, out: Path, best: BestCheckpoint, trained_last_epoch: bool) -> None:
+    """model.keras (and best.keras when no epoch had a finite metric), atomically."""
+    if trained_last_epoch:
+        _atomic_copy(out / "best.keras", out / "model.keras")  # the same state, saved at the last epoch end
+    else:
+        atomic_keras_save(model.save, out / "model.keras", ".keras")
+    if best.best_epoch is None:
+        _atomic_copy(out / "model.keras", out / "best.keras")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# output directory and resume
+# ----------------------------------------------------------------------------------------------------------------
+def _prepare_output(cfg: TrainConfig, out: Path, backup_dir: Path) -> dict | None:
+    """The backup state to resume from (None: a fresh start, after removing a previous run's outputs)."""
+    state = read_backup_state(backup_dir)
+    if state is not None and cfg.resume:
+        if not (out / "config.json").is_file():
+            raise EBSDInputError("backup/ without config.json: not a resumable run; use --no-resume", out, "backup")
+        return state
+    if state is None and cfg.resume and (out / "summary.json").is_file() and (out / "model.keras").is_file():
+        raise FileExistsError(
+            f"{out}: holds a finished run (summary.json, model.keras); use --no-resume to train again from scratch "
+            "(replaces its files) or another output directory"
+        )
+    # A fresh start: remove only what a run writes, never other files the user keeps there.
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    shutil.rmtree(out / "logs", ignore_errors=True)
+    for name in ("history.csv", "summary.json", "best.keras", "model.keras", "config.json"):
+        (out / name).unlink(missing_ok=True)
+    return None
+
+
+def _check_resume_config(config: TrainConfig, out: Path) -> TrainConfig:
+    """The config to resume with: the interrupted run's, with the fields that may change taken from ``config``."""
+    import json
+
+    path = out / "config.json"
+    saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    new, old = config.resolved().to_dict(), saved.resolved().to_dict()
+    # seed None means "whatever the interrupted run drew"
+    differ = [
+        k for k in new if k not in RESUME_MUTABLE and new[k] != old[k] and not (k == "seed" and config.seed is None)
+    ]
+    if differ:
+        detail = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in differ)
+        raise EBSDInputError(
+            f"differs from the interrupted run's configuration ({detail}); resume with the same settings, or "
+            "start over with --no-resume",
+            path,
+            differ[0],
+        )
+    return saved.replace(**{k: getattr(config, k) for k in RESUME_MUTABLE})
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    from ebsd_keras._atomic import atomic_path
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _truncate_history(path: Path, initial_epoch: int) -> None:
+    """Drop CSV rows of epochs >= initial_epoch (written before the kill, they will be recomputed)."""
+    if not path.is_file():
+        return
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) < initial_epoch]
+    from ebsd_keras._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model
+# ----------------------------------------------------------------------------------------------------------------
+def _build_model(cfg: TrainConfig):
+    """A new CVAEGAN from the preset, or the networks of ``init_from`` in a fresh CVAEGAN (fresh noise seed)."""
+    import keras
+
+    from ebsd_keras.models.cvaegan import CVAEGAN
+    from ebsd_keras.models.presets import get_preset
+
+    if cfg.init_from is None:
+        if cfg.phase != "cvae":
+            logger.warning(
+                "phase %r without init_from: training from scratch (normally %s starts from the %s phase's "
+                "model.keras)",
+                cfg.phase,
+                cfg.phase,
+                "cvae" if cfg.phase == "critic" else "critic",
+            )
+        return CVAEGAN(config=get_preset(cfg.preset, **cfg.model), seed=cfg.seed)
+    path = Path(cfg.init_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file (init_from)")
+    if cfg.model:
+        raise EBSDInputError("model overrides cannot change a loaded model; drop them or init_from", path, "model")
+    try:
+        loaded = keras.saving.load_model(str(path), compile=False)  # safe_mode stays on
+    except Exception as exc:  # a corrupt or foreign file: say which and why
+        raise EBSDInputError(f"cannot load as a Keras model ({type(exc).__name__}: {exc})", path, "init_from") from exc
+    if not isinstance(loaded, CVAEGAN):
+        raise EBSDInputError(f"is a {type(loaded).__name__}, not an ebsd_keras CVAEGAN", path, "init_from")
+    # Fresh wrapper: the networks' weights are kept; trackers and the training-noise seed start anew for this phase.
+    return CVAEGAN(
+        encoder=loaded.encoder, decoder=loaded.decoder, critic=loaded.critic, config=loaded.model_config, seed=cfg.seed
+    )
+
+
+def _optimizer(learning_rate: float, cfg: TrainConfig):
+    import keras
+
+    opt = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=cfg.beta_1, beta_2=0.999)
+    if cfg.mixed_precision_policy == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)  # float16 gradients underflow without loss scaling
+    return opt
+
+
+def _compile(model, cfg: TrainConfig) -> None:
+    from ebsd_keras.losses import KLSchedule, LossWeights
+
+    model.compile(
+        encoder_decoder_optimizer=_optimizer(cfg.learning_rate, cfg),
+        critic_optimizer=_optimizer(cfg.critic_learning_rate, cfg),
+        loss_weights=LossWeights.from_dict(cfg.loss_weights),
+        kl_schedule=KLSchedule.from_config(cfg.kl_schedule) if cfg.kl_schedule else KLSchedule(),
+        lipschitz=cfg.lipschitz,
+        clip_value=cfg.clip_value,
+        n_critic=cfg.n_critic,
+        phase=cfg.phase,
+        jit_compile=cfg.jit_compile,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------------
+def _select(d: dict) -> dict:
+    return {k: d[k] for k in _BATCH_KEYS}
+
+
+def _check_shape(cfg: TrainConfig, meta: dict, image_shape) -> None:
+    """The model's pattern size must be the dataset's (a loaded model cannot be resized)."""
+    data_shape = tuple(int(s) for s in meta["pattern_shape"])
+    if data_shape != tuple(image_shape):
+        source = f"the model {cfg.init_from}" if cfg.init_from else f"preset {cfg.preset!r}"
+        raise EBSDInputError(
+            f"dataset patterns are {data_shape[0]}x{data_shape[1]} but {source} takes "
+            f"{image_shape[0]}x{image_shape[1]}",
+            cfg.data_dir,
+            "pattern_shape",
+        )
+
+
+def _steps_per_epoch(cfg: TrainConfig, dataset_size) -> int:
+    if cfg.steps_per_epoch is not None:
+        return int(cfg.steps_per_epoch)
+    n = dataset_size(cfg.data_dir, "train", voltages=cfg.voltages, exclude_voltages=cfg.exclude_voltages)
+    if n < cfg.batch_size:
+        raise EBSDInputError(
+            f"the training split has {n} pattern(s) (after voltage filters), fewer than batch_size {cfg.batch_size}",
+            cfg.data_dir,
+            "count",
+        )
+    return n // cfg.batch_size
+
+
+def _train_dataset(cfg: TrainConfig, image_shape, skip_batches: int):
+    """Endless, seeded, deterministic batches; ``skip_batches`` drops those an interrupted run already used."""
+    from ebsd_keras.data.pipeline import make_dataset
+
+    ds = make_dataset(
+        cfg.data_dir,
+        "train",
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        repeat=True,
+        cache=cfg.cache,
+        drop_remainder=True,
+        voltages=cfg.voltages,
+        exclude_voltages=cfg.exclude_voltages,
+        image_shape=image_shape,
+    )
+    ds = ds.map(_select)
+    # Skipping replays the (cheap) input pipeline, not training: the resumed stream continues exactly.
+    return ds.skip(skip_batches) if skip_batches else ds
+
+
+def _has_val(cfg: TrainConfig, meta: dict, dataset_size) -> bool:
+    if "val" not in meta["shards"]:
+        logger.warning("the dataset has no 'val' split: best.keras is chosen on the training metric")
+        return False
+    return dataset_size(cfg.data_dir, "val", voltages=cfg.voltages, exclude_voltages=cfg.exclude_voltages) > 0
+
+
+def _val_dataset(cfg: TrainConfig, meta: dict, image_shape, dataset_size):
+    """The same validation batches every epoch (unshuffled, finite), or None without a "val" split."""
+    import tensorflow as tf
+
+    from ebsd_keras.data.pipeline import make_dataset
+
+    if not _has_val(cfg, meta, dataset_size):
+        return None
+    ds = make_dataset(
+        cfg.data_dir,
+        "val",
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        repeat=False,
+        cache=True,
+        voltages=cfg.voltages,
+        exclude_voltages=cfg.exclude_voltages,
+        image_shape=image_shape,
+    ).map(_select)
+    # A finite dataset (take, not fit's validation_steps) of declared length: Keras restarts it every epoch and
+    # knows its end (no "ran out of data" warning).
+    n = dataset_size(cfg.data_dir, "val", voltages=cfg.voltages, exclude_voltages=cfg.exclude_voltages)
+    batches = -(-n // cfg.batch_size)
+    if cfg.validation_steps:
+        batches = min(batches, cfg.validation_steps)
+        ds = ds.take(batches)
+    return ds.apply(tf.data.experimental.assert_cardinality(batches))
+
+
+def _grid_batch(cfg: TrainConfig, meta: dict, image_shape) -> dict:
+    """The first patterns of the validation split (else of the training split), for the image grids."""
+    from ebsd_keras.data.pipeline import make_dataset
+
+    split = "val" if "val" in meta["shards"] and int(meta["count"].get("val", 0)) else "train"
+    ds = make_dataset(
+        cfg.data_dir,
+        split,
+        batch_size=_GRID_SIZE,
+        shuffle=False,
+        voltages=cfg.voltages,
+        exclude_voltages=cfg.exclude_voltages,
+        image_shape=image_shape,
+    )
+    batch = next(iter(ds.take(1)))
+    return {k: np.asarray(batch[k]) for k in _BATCH_KEYS}
+
+
+def _final_metrics(history, state) -> dict:
+    logs = {k: v[-1] for k, v in history.history.items() if v}
+    if not logs and state is not None:  # killed after the last backup: nothing left to train
+        logs = state.get("logs", {})
+    return {k: float(v) for k, v in logs.items()}
