@@ -71,7 +71,8 @@ def register(subparsers) -> None:
     a("--critic-lr", dest="critic_learning_rate", type=float, metavar="LR", help="critic Adam learning rate")
     a("--beta-1", dest="beta_1", type=float, metavar="B", help="Adam beta_1 (default 0.5)")
     a("--n-critic", type=int, metavar="N", help="critic updates per generator update, gan phase (default 5)")
-    a("--lipschitz", choices=("clip", "gp"), help="critic Lipschitz constraint: weight clipping (default) or GP")
+    a("--lipschitz", choices=("clip", "gp"),
+      help="critic Lipschitz constraint: clip (default for --preset paper) or gp (gradient penalty, otherwise)")
     a("--clip-value", type=float, metavar="C", help="weight clipping bound c (default 0.01)")
     a("--loss-weight", action="append", default=[], metavar="NAME=VALUE",
       help="override one loss weight (kl, reconstruction, orientation, voltage, adversarial_generator, "

@@ -81,6 +81,22 @@ class Critic(ConfiguredModel):
             x = act(dense(x))
         return ops.cast(head["out"](x), "float32")  # float32 outputs under mixed precision too
 
+    @property
+    def lipschitz_variables(self):
+        """Trainable variables of D(x) = score head o shared trunk: what the WGAN Lipschitz constraint applies to.
+
+        The attribute heads (quaternion, voltage) are not part of D, so weight clipping leaves them free; clipping
+        them too collapses the classifier to a constant output.
+        """
+        attribute_heads = {
+            id(v)
+            for name, head in self.heads.items()
+            if name != "score"
+            for layer in (*head["dense"], head["out"])
+            for v in layer.trainable_variables
+        }
+        return [v for v in self.trainable_variables if id(v) not in attribute_heads]
+
     def features(self, pattern):
         """Shared trunk features (B, F) of patterns in [0, 1]."""
         x = ops.cast(pattern["pattern"] if isinstance(pattern, dict) else pattern, "float32")

@@ -528,9 +528,12 @@ class CVAEGAN(keras.Model):
         return terms
 
     def clip_critic_weights(self):
-        """WGAN weight clipping: every trainable critic weight to [-clip_value, clip_value]."""
+        """WGAN weight clipping of D(x) (shared trunk + score head) to [-clip_value, clip_value].
+
+        The classifier heads are left unclipped (see :attr:`Critic.lipschitz_variables`).
+        """
         c = self.clip_value
-        for v in self.critic.trainable_variables:
+        for v in self.critic.lipschitz_variables:
             v.assign(ops.clip(v, -c, c))
 
     @staticmethod

@@ -126,6 +126,10 @@ class TrainConfig:
         empty: the authors' schedule.
     lipschitz, clip_value, n_critic
         Critic Lipschitz constraint ("clip" or "gp"), clipping bound c, critic updates per generator update (gan).
+        ``lipschitz=None`` (default) resolves to "clip" for the "paper" preset (the paper's WGAN) and "gp" for the
+        others: the critic's classifier shares the trunk that clipping constrains, and with clipping the trunk's
+        features shrink until the classifier learns little (measured: 46 deg validation disorientation with
+        clipping vs 36 deg with GP after the same short critic phase).
     seed
         Seeds weights, data order and training noise; None draws one (recorded in config.json).
     deterministic
@@ -161,7 +165,7 @@ class TrainConfig:
     beta_1: float = 0.5
     loss_weights: dict = field(default_factory=dict)
     kl_schedule: dict = field(default_factory=dict)
-    lipschitz: str = "clip"
+    lipschitz: str | None = None
     clip_value: float = 0.01
     n_critic: int = 5
     seed: int | None = 0
@@ -198,7 +202,7 @@ class TrainConfig:
         need(_is_num(self.beta_1) and 0 <= self.beta_1 < 1, "beta_1", f"must be in [0, 1), got {self.beta_1}")
         need(isinstance(self.loss_weights, dict), "loss_weights", "must be a dict")
         need(isinstance(self.kl_schedule, dict), "kl_schedule", "must be a dict")
-        need(self.lipschitz in _LIPSCHITZ, "lipschitz", f"must be one of {_LIPSCHITZ}, got {self.lipschitz!r}")
+        need(self.lipschitz is None or self.lipschitz in _LIPSCHITZ, "lipschitz", f"must be one of {_LIPSCHITZ}, got {self.lipschitz!r}")
         need(_is_num(self.clip_value) and self.clip_value > 0, "clip_value", f"must be positive, got {self.clip_value}")
         need(_is_int(self.n_critic) and self.n_critic >= 1, "n_critic", f"must be >= 1, got {self.n_critic}")
         need(self.seed is None or _is_int(self.seed), "seed", f"must be an int or None, got {self.seed!r}")
@@ -251,6 +255,7 @@ class TrainConfig:
                 d["critic_learning_rate"] if self.critic_learning_rate is None else float(self.critic_learning_rate)
             ),
             loss_weights={k: float(v) for k, v in self.resolved_loss_weights().items()},
+            lipschitz=self.lipschitz or ("clip" if self.preset == "paper" else "gp"),
             voltages=None if self.voltages is None else [float(v) for v in self.voltages],
             exclude_voltages=None if self.exclude_voltages is None else [float(v) for v in self.exclude_voltages],
         )
