@@ -202,7 +202,11 @@ class TrainConfig:
         need(_is_num(self.beta_1) and 0 <= self.beta_1 < 1, "beta_1", f"must be in [0, 1), got {self.beta_1}")
         need(isinstance(self.loss_weights, dict), "loss_weights", "must be a dict")
         need(isinstance(self.kl_schedule, dict), "kl_schedule", "must be a dict")
-        need(self.lipschitz is None or self.lipschitz in _LIPSCHITZ, "lipschitz", f"must be one of {_LIPSCHITZ}, got {self.lipschitz!r}")
+        need(
+            self.lipschitz is None or self.lipschitz in _LIPSCHITZ,
+            "lipschitz",
+            f"must be one of {_LIPSCHITZ}, got {self.lipschitz!r}",
+        )
         need(_is_num(self.clip_value) and self.clip_value > 0, "clip_value", f"must be positive, got {self.clip_value}")
         need(_is_int(self.n_critic) and self.n_critic >= 1, "n_critic", f"must be >= 1, got {self.n_critic}")
         need(self.seed is None or _is_int(self.seed), "seed", f"must be an int or None, got {self.seed!r}")
