@@ -1,0 +1,265 @@
+"""evaluate_generator, write_report and the ``evaluate`` CLI on the tiny Ni 20 kV test set.
+
+The true-pattern generator must give the trivial answers; a generator whose patterns are projected 1.5 deg away
+from the input orientation, or blurred, must degrade the metrics in the expected direction.
+"""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from ebsd_keras.cli import main
+from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.evaluation.report import (
+    PAPER_TABLE1,
+    evaluate_generator,
+    load_model,
+    load_test_set,
+    model_generator,
+    true_pattern_generator,
+    write_report,
+)
+
+from .conftest import N_TEST
+
+FIGURES = (
+    "patterns.png",
+    "pixel_fraction_kde.png",
+    "pixel_histogram.png",
+    "bce_histogram.png",
+    "orientation_error_histogram.png",
+)
+
+
+def _no_nan(obj):
+    if isinstance(obj, dict):
+        return all(_no_nan(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_no_nan(v) for v in obj)
+    return not (isinstance(obj, float) and not math.isfinite(obj))
+
+
+@pytest.fixture(scope="module")
+def true_report(test_set, indexer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "true"
+    results = evaluate_generator(
+        true_pattern_generator(test_set),
+        test_set,
+        indexers={20.0: indexer},
+        out_dir=out,
+        label="truth",
+        progress=False,
+        throughput_seconds=0.05,
+    )
+    return results, out
+
+
+def test_true_patterns_give_the_trivial_answers(true_report):
+    results, _ = true_report
+    pix = results["pixel"]["truth"]
+    np.testing.assert_allclose(results["per_pattern"]["truth_bce"], results["per_pattern"]["optimal_bce"], atol=1e-6)
+    assert abs(pix["bce_gap"]["mean"]) < 1e-6
+    assert pix["within_15pct"]["min"] == 1.0
+    assert pix["ncc"]["min"] > 1 - 1e-9
+    assert 0.45 < pix["optimal_bce"]["mean"] < 0.56  # CLAHE'd Ni: ~0.505 (the paper: 0.503)
+    idx = results["indexing"]
+    for name in ("truth", "true"):
+        assert idx[name]["refined_error_deg"]["mean"] < 0.01
+        assert idx[name]["refined_error_deg"]["max"] < 0.1
+        assert idx[name]["di_error_deg"]["max"] < 3.0
+    assert all(t["pass"] for t in results["target_check"].values())
+    assert results["model"]["throughput"]["patterns_per_s"] > 0
+
+
+def test_report_files(true_report):
+    results, out = true_report
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(("report.json", "report.md", *FIGURES))
+    for fig in FIGURES:
+        assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "report.json").read_text())
+    assert _no_nan(doc)
+    assert "_figures" not in doc
+    assert doc["paper"] == PAPER_TABLE1
+    assert doc["versions"]["kikuchipy"] and doc["versions"]["nlopt"] and doc["versions"]["ebsd_keras"]
+    assert doc["config"]["dictionary"]["20"]["dictionary_size"] == 30443
+    assert doc["indexing"]["true"]["refined_error_deg"]["mean"] == pytest.approx(
+        results["indexing"]["true"]["refined_error_deg"]["mean"]
+    )
+    assert len(doc["per_pattern"]["true_refined_error_deg"]) == N_TEST
+    md = (out / "report.md").read_text()
+    for text in ("0.541", "0.503", "0.650° ± 0.257°", "0.142° ± 0.061°", "true patterns (floor)", "later issue"):
+        assert text in md
+    # a report can be rewritten from its own JSON (no pattern grid then), and never over an existing one by default
+    with pytest.raises(FileExistsError):
+        write_report(doc, out)
+    again = write_report(doc, out.parent / "again")
+    assert (again / "report.md").read_text() == md
+
+
+def test_rotated_generator_degrades(test_set, indexer, perturb, true_report):
+    """Patterns of orientations 1.5 deg off: worse BCE and pixels, refined error ~1.5 deg vs ~0 for the floor."""
+    by_key = {}
+    q_rot = perturb(test_set.quaternion, 1.5, seed=1)
+    rotated = indexer.project(q_rot, dtype="float64") / 255.0
+    for i, q in enumerate(test_set.quaternion.astype(np.float32)):
+        by_key[q.tobytes()] = rotated[i]
+
+    def generate(q, v):
+        return np.stack([by_key[x.tobytes()] for x in np.asarray(q, np.float32)])
+
+    res = evaluate_generator(
+        generate, test_set, indexers={20.0: indexer}, label="rotated", progress=False, throughput_seconds=0.05
+    )
+    floor = true_report[0]
+    pix = res["pixel"]["rotated"]
+    assert pix["bce_gap"]["min"] > 1e-3
+    assert pix["within_15pct"]["mean"] < 0.99
+    assert pix["ncc"]["max"] < 0.99
+    ref = res["indexing"]["rotated"]["refined_error_deg"]
+    assert ref["mean"] == pytest.approx(1.5, abs=0.05)
+    assert ref["mean"] > 50 * floor["indexing"]["true"]["refined_error_deg"]["mean"]
+    assert not res["target_check"]["refined_error_deg_mean"]["pass"]
+
+
+def test_blurred_generator_degrades(test_set, indexer, true_report):
+    blurred = {
+        q.tobytes(): cv2.GaussianBlur(p, (0, 0), 2.0) / 255.0
+        for q, p in zip(test_set.quaternion.astype(np.float32), test_set.patterns, strict=True)
+    }
+
+    def generate(q, v):
+        return np.stack([blurred[x.tobytes()] for x in np.asarray(q, np.float32)])
+
+    res = evaluate_generator(
+        generate,
+        test_set,
+        indexers={20.0: indexer},
+        refine=False,
+        label="blurred",
+        progress=False,
+        throughput_seconds=0.05,
+    )
+    floor = true_report[0]
+    pix = res["pixel"]["blurred"]
+    assert pix["bce_gap"]["mean"] > 0.01
+    assert pix["within_15pct"]["mean"] < floor["pixel"]["true"]["within_15pct"]["mean"]
+    assert res["indexing"]["blurred"]["di_score"]["mean"] < res["indexing"]["true"]["di_score"]["mean"]
+    assert "refined_error_deg" not in res["indexing"]["blurred"]
+
+
+def test_generator_output_is_validated(test_set, indexer):
+    for bad, match in (
+        (lambda q, v: np.zeros((len(q), 30, 30)), "shape"),
+        (lambda q, v: np.full((len(q), 60, 60), np.nan), "NaN"),
+        (lambda q, v: np.full((len(q), 60, 60), 255.0), r"\[0, 1\]"),
+    ):
+        with pytest.raises(EBSDInputError, match=match):
+            evaluate_generator(
+                bad, test_set, indexers={20.0: indexer}, refine=False, progress=False, throughput_seconds=0.05
+            )
+
+
+def test_tfrecord_source_matches_h5(dataset_dir, test_set, tmp_path):
+    from ebsd_keras.io.tfrecord import write_tfrecords
+
+    tfr = tmp_path / "tfr"
+    write_tfrecords([(s, dataset_dir / f"{s}.h5") for s in ("train", "test")], tfr, progress=False)
+    ts = load_test_set(tfr, n=N_TEST, seed=0)
+    np.testing.assert_array_equal(ts.patterns, test_set.patterns)
+    np.testing.assert_array_equal(ts.index, test_set.index)
+    np.testing.assert_allclose(ts.quaternion, test_set.quaternion, atol=1e-6)
+    assert ts.training_semi_edge_steps == test_set.training_semi_edge_steps == 6
+    assert ts.metadata["detector"] == test_set.metadata["detector"]
+    with pytest.raises(EBSDInputError, match="val"):
+        load_test_set(tfr, split="val")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    from ebsd_keras.models.cvaegan import CVAEGAN
+    from ebsd_keras.models.presets import get_preset
+
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    CVAEGAN(config=get_preset("tiny"), seed=0).save(path)
+    return path
+
+
+def test_model_evaluation_with_critic_and_prior_samples(tiny_model_path, test_set, indexer):
+    model = load_model(tiny_model_path)
+    res = evaluate_generator(
+        model_generator(model),
+        test_set,
+        indexers={20.0: indexer},
+        refine=False,
+        model=model,
+        label="tiny",
+        variants={"tiny (prior)": model_generator(model, sample=True, seed=1)},
+        progress=False,
+        throughput_seconds=0.05,
+    )
+    assert res["model"]["params"] == model.count_params() > 0
+    assert res["model"]["decoder_params"] > 0 and res["model"]["throughput"]["patterns_per_s"] > 0
+    assert set(res["critic"]) == {"real", "generated"}
+    assert 0 <= res["critic"]["real"]["orientation_error_deg"]["mean"] <= 62.8
+    assert res["pixel"]["tiny"]["bce_gap"]["mean"] > 0.01  # untrained
+    assert res["pixel"]["tiny (prior)"]["bce"]["n"] == N_TEST
+    a, b = model_generator(model, sample=True, seed=1), model_generator(model, sample=True, seed=1)
+    q, v = test_set.quaternion[:4].astype(np.float32), test_set.voltage_kv[:4]
+    np.testing.assert_array_equal(a(q, v), b(q, v))  # seeded prior samples are reproducible
+    assert a(q, v).shape == (4, 60, 60)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+FAST = ["--n", "6", "--dictionary-resolution", "8", "--no-refine", "--quiet"]
+
+
+def test_cli_true_only(dataset_dir, tmp_path, capsys):
+    out = tmp_path / "floor"
+    assert main(["evaluate", "--true-only", "--test", str(dataset_dir / "test.h5"), "-o", str(out), *FAST]) == 0
+    assert (out / "report.json").exists() and (out / "report.md").exists()
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["true_only"] and doc["test_set"]["n"] == 6 and list(doc["indexing"]) == ["true"]
+    assert "true:" in capsys.readouterr().out
+    # refuses to overwrite, and leaves the old report alone
+    assert main(["evaluate", "--true-only", "--test", str(dataset_dir), "-o", str(out), *FAST]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text()) == doc
+
+
+def test_cli_model(dataset_dir, tiny_model_path, tmp_path):
+    out = tmp_path / "model"
+    args = ["evaluate", "--model", str(tiny_model_path), "--test", str(dataset_dir), "-o", str(out), *FAST]
+    assert main(args) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["label"] == "tiny" and "tiny (prior samples)" in doc["pixel"] and doc["critic"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--true-only", "--test", "{missing}"], "no such file"),
+        (["--true-only", "--model", "{model}", "--test", "{data}"], "--true-only"),
+        (["--test", "{data}"], "--model"),
+        (["--model", "{garbage}", "--test", "{data}"], "cannot be loaded"),
+        (["--true-only", "--test", "{data}", "--n", "0"], "--n"),
+        (["--true-only", "--test", "{data}", "--dictionary-resolution", "0.01"], "resolution"),
+        (["--true-only", "--test", "{garbage}"], "HDF5"),
+    ],
+)
+def test_cli_bad_input_exits_2(extra, message, dataset_dir, tiny_model_path, tmp_path, capsys):
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"not a model")
+    fill = dict(missing=tmp_path / "nope.h5", model=tiny_model_path, data=dataset_dir, garbage=garbage)
+    out = tmp_path / "out"
+    args = ["evaluate", *[a.format(**fill) for a in extra], "-o", str(out), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ebsd-keras evaluate: error:" in err and message in err, err
+    assert not out.exists()
