@@ -20,6 +20,7 @@ _EXPORTS = {
     "Encoder": "encoder",
     "BaseDecoder": "decoders",
     "CNNDecoder": "decoders",
+    "PhysicsDecoder": "physics",  # importing it registers decoder kind "physics"
     "DECODERS": "decoders",
     "build_decoder": "decoders",
     "register_decoder": "decoders",

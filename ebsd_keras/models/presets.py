@@ -16,6 +16,11 @@ Presets
     unbounded critic score.
 ``"tiny"``
     For tests: under 200 k parameters, fast on a CPU.
+``"physics"``
+    The physics-informed decoder (``ebsd_keras.models.physics``): a trainable square-Lambert master pattern
+    (npx 200, the 8 symmetries of the Lambert square built in), projected onto the detector by a differentiable
+    gnomonic projection, then OpenCV-exact in-graph CLAHE and a latent residual; a small encoder and critic.
+    About 43 k decoder parameters.
 
 Spatial plans use ``padding="same"``, so a stride-2 stage maps H to ceil(H / 2); decoder upsampling factors must
 multiply the start size up to the image size exactly (checked when the config is made).
@@ -34,6 +39,8 @@ __all__ = [
     "get_preset",
     "count_parameters",
     "CONDITIONING_MODES",
+    "PHYSICS_SYMMETRIES",
+    "PHYSICS_CONTRASTS",
 ]
 
 #: Decoder conditioning modes. "add": separate latent and attribute MLPs whose outputs are added (the paper);
@@ -44,6 +51,13 @@ _POOLING = ("flatten", "global_avg")
 _UPSAMPLING = ("resize", "transpose")
 _INTERPOLATION = ("bilinear", "nearest")
 _ACTIVATIONS = ("leaky_relu", "relu")
+#: Symmetry built into the physics decoder's master pattern: "m-3m" (every direction folded into the cubic
+#: fundamental sector 0 <= y <= x <= z), "4/mmm" (the square's 8 flips and transposes, south = north), "none" (two
+#: free hemispheres).
+PHYSICS_SYMMETRIES = ("m-3m", "4/mmm", "none")
+#: Contrast model after the projection: "clahe" (per-pattern rescale to 8 bit, then OpenCV-exact CLAHE in the graph),
+#: "learned" (a small conv head learns the contrast response), "rescale" (per-pattern min-max rescale only: raw data).
+PHYSICS_CONTRASTS = ("clahe", "learned", "rescale")
 
 
 def _tuplify(value):
@@ -87,6 +101,19 @@ class ModelConfig:
         Keras initializer name for convolution and Dense kernels.
     decoder
         Decoder kind, a key of ``ebsd_keras.models.decoders.DECODERS``.
+    physics_*
+        Used only by the physics decoder (``decoder="physics"``, :mod:`ebsd_keras.models.physics`):
+        ``physics_npx`` master-pattern half side (grid 2 npx + 1 per hemisphere); ``physics_symmetry`` one of
+        :data:`PHYSICS_SYMMETRIES`; ``physics_contrast`` one of :data:`PHYSICS_CONTRASTS`;
+        ``physics_head_channels`` conv widths of the contrast head ("learned"; a zero-initialised residual head
+        otherwise, () for none); ``physics_residual`` (hidden units, grid side) of the latent residual map ((0, 0)
+        for none); ``physics_texture_lr_scale`` the master pattern is this factor times its variable (a larger
+        effective learning rate under Adam); ``physics_voltage_knots_kv`` the voltages (kV) of the master-pattern
+        channels of a voltage model, linearly interpolated in between; ``physics_detector_pc`` Bruker pattern
+        centre, ``physics_detector_tilt_deg`` and ``physics_sample_tilt_deg`` (degrees) the fixed detector;
+        ``physics_clahe_clip_limit`` and ``physics_clahe_tiles`` (rows, columns) the CLAHE settings,
+        ``physics_clahe_gradient`` its training surrogate gradient ("histogram" or "lut", see
+        :func:`ebsd_keras.models.clahe.clahe_tf`).
     decoder_upsampling
         "resize" (upsample, then convolve) or "transpose" (transposed convolutions, as in the paper).
     critic_activation
@@ -128,6 +155,20 @@ class ModelConfig:
     critic_score_dense: tuple = (128,)
     critic_quaternion_dense: tuple = (256,)
     critic_voltage_dense: tuple = (64,)
+    # physics decoder (decoder="physics")
+    physics_npx: int = 200
+    physics_symmetry: str = "4/mmm"
+    physics_contrast: str = "clahe"
+    physics_head_channels: tuple = ()
+    physics_residual: tuple = (32, 8)
+    physics_texture_lr_scale: float = 30.0
+    physics_voltage_knots_kv: tuple = (10.0, 15.0, 20.0, 25.0, 30.0)
+    physics_detector_pc: tuple = (0.5, 0.5, 0.6)
+    physics_detector_tilt_deg: float = 10.0
+    physics_sample_tilt_deg: float = 70.0
+    physics_clahe_clip_limit: float = 10.0
+    physics_clahe_tiles: tuple = (4, 4)
+    physics_clahe_gradient: str = "histogram"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -157,6 +198,7 @@ class ModelConfig:
             need(all(len(b) == 2 and b[1] in (1, 2) for b in blocks), f"{what}_blocks must be (filters, stride 1|2)")
         need(all(len(b) == 2 and b[1] >= 1 for b in self.decoder_blocks), "decoder_blocks must be (filters, factor>=1)")
         need(len(self.decoder_blocks) > 0 or len(self.decoder_stem) > 0, "the decoder needs at least one stage")
+        self._validate_physics(need)
         h, w, _ = self.decoder_start
         factor = math.prod(int(b[1]) for b in self.decoder_blocks)
         need(
@@ -164,6 +206,31 @@ class ModelConfig:
             f"decoder_start {h}x{w} times the upsampling factors ({factor}) gives {h * factor}x{w * factor}, "
             f"not the image shape {self.image_shape[0]}x{self.image_shape[1]}",
         )
+
+    def _validate_physics(self, need) -> None:
+        need(int(self.physics_npx) == self.physics_npx and self.physics_npx >= 2, "physics_npx must be an int >= 2")
+        need(self.physics_symmetry in PHYSICS_SYMMETRIES, f"physics_symmetry must be one of {PHYSICS_SYMMETRIES}")
+        need(self.physics_contrast in PHYSICS_CONTRASTS, f"physics_contrast must be one of {PHYSICS_CONTRASTS}")
+        need(all(int(c) == c and c > 0 for c in self.physics_head_channels), "physics_head_channels must be > 0")
+        need(
+            len(self.physics_residual) == 2 and all(int(v) == v and v >= 0 for v in self.physics_residual),
+            "physics_residual must be (hidden units, grid side), integers >= 0",
+        )
+        need(float(self.physics_texture_lr_scale) > 0, "physics_texture_lr_scale must be positive")
+        knots = self.physics_voltage_knots_kv
+        need(
+            len(knots) >= 1 and all(b > a for a, b in zip(knots[:-1], knots[1:], strict=True)),
+            "physics_voltage_knots_kv must be increasing voltages (kV)",
+        )
+        need(
+            len(self.physics_detector_pc) == 3 and self.physics_detector_pc[2] > 0,
+            "physics_detector_pc must be a Bruker (PCx, PCy, PCz) with PCz > 0",
+        )
+        need(
+            len(self.physics_clahe_tiles) == 2 and all(int(t) == t and t >= 1 for t in self.physics_clahe_tiles),
+            "physics_clahe_tiles must be two positive integers",
+        )
+        need(self.physics_clahe_gradient in ("histogram", "lut"), "physics_clahe_gradient must be 'histogram' or 'lut'")
 
     # ------------------------------------------------------------------------------------------------------------
     @property
@@ -235,6 +302,20 @@ PRESETS: dict[str, ModelConfig] = {
         critic_score_dense=(16,),
         critic_quaternion_dense=(16,),
         critic_voltage_dense=(8,),
+    ),
+    "physics": ModelConfig(
+        name="physics",
+        decoder="physics",
+        latent_dim=16,
+        encoder_stem=(8,),
+        encoder_blocks=((16, 2), (32, 2), (32, 2), (32, 2)),
+        encoder_dense=(64,),
+        critic_stem=(16,),
+        critic_blocks=((32, 2), (64, 2), (64, 2), (64, 2)),
+        critic_dense=(128,),
+        critic_score_dense=(64,),
+        critic_quaternion_dense=(64,),
+        critic_voltage_dense=(32,),
     ),
 }
 
@@ -316,7 +397,7 @@ def count_parameters(config: ModelConfig | str) -> dict[str, int]:
         (tested on reduced-width variants), so the 1.24 B paper model need not be built to know its size.
     """
     cfg = get_preset(config) if isinstance(config, str) else config
-    if cfg.decoder != "cnn":
+    if cfg.decoder not in ("cnn", "physics"):
         raise NotImplementedError(
             f"no analytic parameter count for decoder kind {cfg.decoder!r}; build it and use count_params()"
         )
@@ -345,6 +426,8 @@ def count_parameters(config: ModelConfig | str) -> dict[str, int]:
         dec += _up_residual(k, c, f, bias) + (_dense(cfg.film_dim, 2 * f) if film else 0)
         c = f
     dec += _conv(k, c, 1, True)  # logits head, always with a bias
+    if cfg.decoder == "physics":
+        dec = _physics_decoder_parameters(cfg)
 
     crit, feat = _trunk(cfg, cfg.critic_stem, cfg.critic_blocks, cfg.critic_exit, cfg.critic_pooling)
     shared, nin = _dense_stack(feat, cfg.critic_dense)
@@ -355,3 +438,38 @@ def count_parameters(config: ModelConfig | str) -> dict[str, int]:
     for hidden, nout in heads:
         crit += _dense_stack(nin, (*hidden, nout))[0]
     return {"encoder": enc, "decoder": dec, "critic": crit, "total": enc + dec + crit}
+
+
+def _physics_sector_side(npx: int, symmetry: str) -> int:
+    """Rows (= columns) of the master-pattern variable of a folded symmetry (mirrors ``physics.sector_side``).
+
+    The fundamental sector starts at the Lambert pole (pixel npx, npx); for m-3m its farthest pixel is [111], at
+    Lambert coordinate sqrt(2 (1 - 1/sqrt(3))) * sqrt(pi) / 2 along each axis, i.e. 0.6504 npx pixels from the
+    pole; one more row and column hold the bilinear neighbours.
+    """
+    if symmetry == "4/mmm":
+        return npx + 1
+    along = math.sqrt(2.0 * (1.0 - 1.0 / math.sqrt(3.0))) * math.sqrt(math.pi) / 2.0 / math.sqrt(math.pi / 2.0)
+    return min(int(math.floor(along * npx)) + 2, npx + 1)
+
+
+def _physics_decoder_parameters(cfg: ModelConfig) -> int:
+    """Trainable parameters of :class:`ebsd_keras.models.physics.PhysicsDecoder` (mirrors it layer by layer)."""
+    npx, channels = int(cfg.physics_npx), (len(cfg.physics_voltage_knots_kv) if cfg.use_voltage else 1)
+    if cfg.physics_symmetry == "none":
+        total = 2 * (2 * npx + 1) ** 2 * channels
+    else:
+        total = _physics_sector_side(npx, cfg.physics_symmetry) ** 2 * channels
+    # contrast head: "learned" sees (standardised, locally normalised, local mean, y, x); the residual head of the
+    # other modes sees (probability, y, x); 3x3 convolutions, then a 1x1 convolution to the logits
+    heads = cfg.physics_head_channels
+    if heads or cfg.physics_contrast == "learned":
+        c = 5 if cfg.physics_contrast == "learned" else 3
+        for f in heads:
+            total += _conv(cfg.kernel_size, c, f, True)
+            c = f
+        total += _conv(1, c, 1, True)
+    units, grid = cfg.physics_residual
+    if units and grid:
+        total += _dense(cfg.latent_dim, units) + _dense(units, grid * grid)
+    return total

@@ -1,0 +1,791 @@
+"""Physics-informed decoder: a learned master pattern, projected onto the detector by differentiable physics.
+
+The CNN decoders must learn from data that rotating a crystal moves Kikuchi bands along great circles. This decoder
+has that built in (issue 6):
+
+1. **Master pattern** (:class:`MasterPatternTexture`): a trainable square-Lambert texture in EMsoft's ``mLPNH``
+   layout, half side ``npx``. Crystal symmetry is imposed by construction, by *folding* every crystal-frame
+   direction into a fundamental sector before the Lambert lookup, so only that sector exists as a variable:
+
+   - "4/mmm" (preset default): |x|, |y|, |z| and x <-> y, i.e. the 8 flips / transposes of the Lambert square and
+     south = north. These map grid pixels onto grid pixels, so a texture equal to EMsoft's reproduces kikuchipy's
+     projections exactly (NCC 1.0); the variable is one quadrant, (npx + 1)^2 pixels.
+   - "m-3m": the 48 signed permutations of the axes (sorted |components|, 0 <= y <= x <= z): 1/6 of the
+     "4/mmm" unknowns, but the 3-fold axes map grid pixels between grid points, so bilinear interpolation of the
+     EMsoft pattern's near-Nyquist detail differs slightly from kikuchipy's (pattern NCC ~0.998 with the true
+     master pattern at npx 200).
+   - "none": two free hemispheres (any crystal), projected by
+     :class:`~ebsd_keras.simulations.projection.LambertProjector`.
+
+   The EMsoft Ni master pattern satisfies these symmetries (south = north and the square's 8 flips exactly; the
+   3-fold axes up to interpolation; see the tests). Voltage models have one texture channel per voltage knot,
+   linearly interpolated in kV (continuous; exact at the knots).
+2. **Projection**: the keras.ops gnomonic / square-Lambert chain of :mod:`ebsd_keras.simulations.projection`
+   (the projector's detector directions, rotation, Lambert mapping and bilinear sampling), differentiable with
+   respect to the texture, the orientation and the pattern centre. Fixed detector from the config; an optional
+   per-pattern Bruker pattern centre ``inputs["pc"]`` (B, 3) overrides it.
+3. **Contrast** (``config.physics_contrast``): "clahe" (preset default) rescales each projection to [0, 255] from
+   its own min and max, rounds to 8 bit and applies OpenCV-exact CLAHE in the graph (:mod:`ebsd_keras.models.clahe`)
+   -- the dataset's own preprocessing, with a surrogate gradient for training; "learned" replaces it by a small
+   conv head (standardised projection, its locally normalised version and local mean over ~one CLAHE tile, pixel
+   coordinates); "rescale" is the per-pattern min-max rescale alone (for raw, non-CLAHE data). With a texture equal
+   to EMsoft's, "clahe" reproduces the dataset's patterns to within one grey level.
+4. **Latent residual**: z -> Dense -> a coarse map (zero-initialised) -> bilinear upsampling, added to the logits,
+   so the CVAE latent can carry what the physics does not (detector noise, ...); 0 at initialisation.
+
+Output: logits (B, H, W, 1) like every :class:`~ebsd_keras.models.decoders.BaseDecoder`. Probabilities p from the
+CLAHE / rescale paths become logits as ``log(p + eps) - log(1 - p + eps)`` (eps = 1e-4, finite at p = 0 and 1).
+
+The learned master pattern can be exported in EMsoft's EMEBSDmaster layout (:func:`export_master_pattern`) and
+compared with a reference master pattern (:func:`texture_ncc`). Learned from CLAHE'd patterns it is determined only
+up to what CLAHE preserves: the order of intensities within each tile (plus the clip limit's weak pull), so its
+plain NCC with EMsoft's is lower than its rank correlation (``texture_ncc(..., rank=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from ebsd_keras._atomic import atomic_path
+from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.models.blocks import LeakyReLU, canonical_quaternion
+from ebsd_keras.models.clahe import clahe_tf
+from ebsd_keras.models.decoders import BaseDecoder, register_decoder
+from ebsd_keras.models.presets import PHYSICS_SYMMETRIES, _physics_sector_side
+from ebsd_keras.simulations.geometry import DetectorGeometry
+from ebsd_keras.simulations.projection import (
+    LambertProjector,
+    _bilinear,
+    _lambert_pixels,
+    _rotate_components,
+    gnomonic_directions,
+    quaternion_to_matrix,
+)
+
+__all__ = [
+    "MasterPatternTexture",
+    "PhysicsDecoder",
+    "physics_geometry",
+    "fold_directions",
+    "lambert_grid_directions",
+    "sector_side",
+    "voltage_weights",
+    "resample_lambert",
+    "master_pattern_hemispheres",
+    "export_master_pattern",
+    "texture_ncc",
+]
+
+_register = keras.saving.register_keras_serializable(package="ebsd_keras")
+#: Probabilities become logits as log(p + eps) - log(1 - p + eps): finite (|logit| <= 9.2) with a gradient at 0 / 1.
+PROB_EPS = 1e-4
+_SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Symmetry folding and Lambert grids (numpy for constants, keras.ops in the graph)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def fold_directions(x, y, z, symmetry: str):
+    """Map direction components into the fundamental sector of ``symmetry`` (keras.ops or numpy arrays).
+
+    Parameters
+    ----------
+    x, y, z
+        Components of (unit) crystal-frame directions, any matching shapes.
+    symmetry
+        "m-3m": the 48 operations of the cubic holohedry are the signed permutations of (x, y, z), so sorting the
+        absolute values (y = smallest, x = middle, z = largest) picks the representative in 0 <= y <= x <= z.
+        "4/mmm": sign changes of all three and the x <-> y swap: (max(|x|, |y|), min(|x|, |y|), |z|).
+
+    Returns
+    -------
+    tuple
+        (x, y, z) folded, the same kind of arrays.
+    """
+    if symmetry not in ("m-3m", "4/mmm"):
+        raise ValueError(f"cannot fold for symmetry {symmetry!r}; use 'm-3m' or '4/mmm'")
+    xp = np if isinstance(x, np.ndarray) else ops
+    ax, ay, az = xp.abs(x), xp.abs(y), xp.abs(z)
+    hi_xy, lo_xy = xp.maximum(ax, ay), xp.minimum(ax, ay)
+    if symmetry == "4/mmm":
+        return hi_xy, lo_xy, az
+    hi = xp.maximum(hi_xy, az)
+    lo = xp.minimum(lo_xy, az)
+    mid = xp.maximum(lo_xy, xp.minimum(hi_xy, az))  # the median of three, exact (no cancellation)
+    return mid, lo, hi
+
+
+def lambert_grid_directions(npx: int) -> np.ndarray:
+    """Unit directions of the northern square-Lambert grid pixels (inverse of the EMsoft / kikuchipy mapping).
+
+    Returns
+    -------
+    numpy.ndarray
+        (2 npx + 1, 2 npx + 1, 3) float64, ``[i, j]`` = direction of row i (Lambert Y), column j (Lambert X), z >= 0.
+        The southern pixel (i, j) is the same with z negated.
+    """
+    side = 2 * npx + 1
+    coord = (np.arange(side, dtype=np.float64) - npx) / npx * _SQRT_HALF_PI
+    lam_y, lam_x = np.meshgrid(coord, coord, indexing="ij")
+    use_x = np.abs(lam_y) <= np.abs(lam_x)
+    a = np.where(use_x, lam_x, lam_y)  # dominant coordinate
+    b = np.where(use_x, lam_y, lam_x)
+    safe = np.where(a == 0, 1.0, a)
+    rho = 2.0 * a / math.pi * np.sqrt(np.maximum(math.pi - a * a, 0.0))  # signed in-plane radius
+    angle = b * math.pi / (4.0 * safe)
+    p, q = rho * np.cos(angle), rho * np.sin(angle)
+    z = 1.0 - 2.0 * a * a / math.pi
+    x = np.where(use_x, p, q)
+    y = np.where(use_x, q, p)
+    v = np.stack([x, y, z], axis=-1)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def sector_side(npx: int, symmetry: str) -> int:
+    """Side of the square variable holding the fundamental sector of a folded symmetry, from the pole (npx, npx).
+
+    Computed from the grid (every folded direction's Lambert pixel plus one bilinear neighbour fits), and equal to
+    the closed form used by :func:`ebsd_keras.models.presets.count_parameters`.
+    """
+    return _physics_sector_side(int(npx), symmetry)
+
+
+def voltage_weights(voltage_kv, knots_kv):
+    """Linear-interpolation ("hat") weights of voltages over the texture channels' knots.
+
+    Parameters
+    ----------
+    voltage_kv
+        (B,) voltages, kV; clamped to [knots[0], knots[-1]].
+    knots_kv
+        Increasing knot voltages (kV), one per texture channel.
+
+    Returns
+    -------
+    tensor
+        (B, len(knots)) non-negative weights summing to 1; one-hot at a knot, continuous in kV.
+    """
+    knots = [float(k) for k in knots_kv]
+    v = ops.reshape(ops.cast(voltage_kv, "float32"), (-1, 1))
+    if len(knots) == 1:
+        return ops.ones_like(v)
+    v = ops.clip(v, knots[0], knots[-1])
+    cols = []
+    for i, k in enumerate(knots):
+        left = ops.relu(1.0 - (k - v) / (k - knots[i - 1])) if i > 0 else ops.cast(v <= k, "float32")
+        right = ops.relu(1.0 - (v - k) / (knots[i + 1] - k)) if i < len(knots) - 1 else ops.cast(v >= k, "float32")
+        cols.append(ops.where(v <= k, left, right))
+    return ops.concatenate(cols, axis=-1)
+
+
+def resample_lambert(texture: np.ndarray, npx_out: int) -> np.ndarray:
+    """Bilinear resampling of square-Lambert hemispheres to another half side (Lambert coordinates scale linearly).
+
+    Parameters
+    ----------
+    texture
+        (..., S, S) with S = 2 npx_in + 1.
+    npx_out
+        Target half side.
+
+    Returns
+    -------
+    numpy.ndarray
+        (..., 2 npx_out + 1, 2 npx_out + 1) float64.
+    """
+    texture = np.asarray(texture, dtype=np.float64)
+    side_in = texture.shape[-1]
+    npx_in = (side_in - 1) // 2
+    if npx_in == npx_out:
+        return texture.copy()
+    pos = (np.arange(2 * npx_out + 1, dtype=np.float64) - npx_out) * (npx_in / npx_out) + npx_in
+    i0 = np.clip(np.floor(pos).astype(int), 0, side_in - 1)
+    i1 = np.minimum(i0 + 1, side_in - 1)
+    w = pos - i0
+    rows = texture[..., i0, :] * (1 - w)[:, None] + texture[..., i1, :] * w[:, None]
+    return rows[..., i0] * (1 - w) + rows[..., i1] * w
+
+
+def physics_geometry(config) -> DetectorGeometry:
+    """The physics decoder's fixed detector from a :class:`~ebsd_keras.models.presets.ModelConfig`."""
+    return DetectorGeometry(
+        shape=tuple(config.image_shape),
+        pc=tuple(config.physics_detector_pc),
+        tilt_deg=config.physics_detector_tilt_deg,
+        sample_tilt_deg=config.physics_sample_tilt_deg,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The master-pattern layer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@_register
+class MasterPatternTexture(layers.Layer):
+    """A trainable square-Lambert master pattern with built-in symmetry, projected onto a detector.
+
+    Parameters
+    ----------
+    npx
+        Half side: the full hemisphere grid is (2 npx + 1)^2 pixels.
+    symmetry
+        One of :data:`~ebsd_keras.models.presets.PHYSICS_SYMMETRIES` (see the module docstring).
+    channels
+        Texture channels (one per voltage knot).
+    geometry
+        :class:`DetectorGeometry` or its dict.
+    lr_scale
+        The texture is ``lr_scale * variable``: under Adam (steps ~ learning rate in variable units) this multiplies
+        the texture's effective learning rate without a second optimizer.
+    init_mean, init_noise
+        Initial texture: this constant plus Gaussian noise of this standard deviation (texture units).
+    seed
+        Seed of the initial noise.
+
+    Call
+    ----
+    ``layer(quaternion (B, 4), pc=None)`` -> (B, H, W, channels) raw intensities (texture units).
+    """
+
+    def __init__(
+        self,
+        npx: int = 200,
+        symmetry: str = "4/mmm",
+        channels: int = 1,
+        geometry=None,
+        lr_scale: float = 30.0,
+        init_mean: float = 0.5,
+        init_noise: float = 0.05,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if symmetry not in PHYSICS_SYMMETRIES:
+            raise ValueError(f"symmetry must be one of {PHYSICS_SYMMETRIES}, got {symmetry!r}")
+        if int(npx) != npx or npx < 2:
+            raise ValueError(f"npx must be an integer >= 2, got {npx!r}")
+        self.npx = int(npx)
+        self.symmetry = symmetry
+        self.channels = int(channels)
+        if isinstance(geometry, dict):
+            geometry = DetectorGeometry.from_dict(geometry)
+        self.geometry = geometry if geometry is not None else DetectorGeometry()
+        self.lr_scale = float(lr_scale)
+        self.init_mean = float(init_mean)
+        self.init_noise = float(init_noise)
+        self.seed = seed
+        self.projector = LambertProjector(self.geometry, self.npx)
+        side = 2 * self.npx + 1
+        if symmetry == "none":
+            self.variable_shape = (2, side, side, self.channels)
+        else:
+            m = sector_side(self.npx, symmetry)
+            self.variable_shape = (m, m, self.channels)
+        self.texture_variable = self.add_weight(
+            name="texture",
+            shape=self.variable_shape,
+            initializer=keras.initializers.RandomNormal(
+                mean=self.init_mean / self.lr_scale, stddev=self.init_noise / self.lr_scale, seed=seed
+            ),
+            trainable=True,
+        )
+        self.built = True
+
+    # -- the texture ----------------------------------------------------------------------------------------------
+    @property
+    def texture(self):
+        """The master-pattern values (the variable times ``lr_scale``), shape :attr:`variable_shape`."""
+        return ops.convert_to_tensor(self.texture_variable) * self.lr_scale
+
+    def call(self, quaternion, pc=None):
+        q = ops.cast(quaternion, "float32")
+        tex = ops.cast(self.texture, "float32")
+        h, w = self.geometry.shape
+        if self.symmetry == "none":
+            out = self.projector(tex[0], tex[1], q, pc=pc)  # (B, H, W, C)
+            return ops.reshape(out, (-1, h, w, self.channels))
+        directions = self.projector.directions if pc is None else gnomonic_directions(pc, self.geometry)
+        x, y, z = _rotate_components(directions, quaternion_to_matrix(q))
+        x, y, z = fold_directions(x, y, z, self.symmetry)
+        row, col = _lambert_pixels(x, y, z, self.npx)
+        m = self.variable_shape[0]
+        table = ops.reshape(tex, (m * m, self.channels))
+        # the sector starts at the pole pixel (npx, npx); folded coordinates are >= npx up to rounding
+        out = _bilinear(table, m, row - float(self.npx), col - float(self.npx), True)
+        return ops.reshape(out, (-1, h, w, self.channels))
+
+    def compute_output_shape(self, quaternion_shape, pc_shape=None):
+        return (quaternion_shape[0], *self.geometry.shape, self.channels)
+
+    # -- conversion to and from full hemispheres ------------------------------------------------------------------
+    def _fold_table(self):
+        """(row, col) of each northern grid pixel's folded direction in the sector variable, float64 (S, S)."""
+        v = lambert_grid_directions(self.npx)
+        x, y, z = fold_directions(v[..., 0], v[..., 1], v[..., 2], self.symmetry)
+        row, col = _numpy_lambert_pixels(x, y, z, self.npx)
+        return row - self.npx, col - self.npx
+
+    def hemispheres(self) -> tuple[np.ndarray, np.ndarray]:
+        """The learned master pattern as full hemispheres (north, south), float32 (C, S, S) each.
+
+        For folded symmetries every grid pixel is the texture at its folded direction (bilinear in the sector, as
+        in a projection); south = north.
+        """
+        tex = np.asarray(ops.convert_to_numpy(self.texture), dtype=np.float64)
+        if self.symmetry == "none":
+            north, south = tex[0], tex[1]
+            return (np.moveaxis(north, -1, 0).astype(np.float32), np.moveaxis(south, -1, 0).astype(np.float32))
+        row, col = self._fold_table()
+        north = np.moveaxis(_numpy_bilinear(tex, row, col), -1, 0).astype(np.float32)  # (C, S, S)
+        return north, north.copy()
+
+    def set_master_pattern(self, north, south=None) -> None:
+        """Set the texture from hemisphere(s) (S', S') or (C, S', S'), resampled to this layer's npx.
+
+        For folded symmetries only the fundamental sector of ``north`` is used (copied pixel for pixel when the
+        sizes agree).
+        """
+        north = np.asarray(north, dtype=np.float64)
+        north = north[None] if north.ndim == 2 else north
+        north = resample_lambert(north, self.npx)  # (C', S, S)
+        if north.shape[0] not in (1, self.channels):
+            raise ValueError(f"{north.shape[0]} master-pattern channels for a {self.channels}-channel texture")
+        north = np.broadcast_to(north, (self.channels, *north.shape[1:]))
+        if self.symmetry == "none":
+            south = north if south is None else np.asarray(south, dtype=np.float64)
+            south = resample_lambert(south[None] if south.ndim == 2 else south, self.npx)
+            south = np.broadcast_to(south, north.shape)
+            value = np.stack([np.moveaxis(north, 0, -1), np.moveaxis(south, 0, -1)])
+        else:
+            m = self.variable_shape[0]
+            sector = north[:, self.npx : self.npx + m, self.npx : self.npx + m]
+            value = np.moveaxis(sector, 0, -1)
+        self.texture_variable.assign((value / self.lr_scale).astype(np.float32))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "npx": self.npx,
+            "symmetry": self.symmetry,
+            "channels": self.channels,
+            "geometry": self.geometry.to_dict(),
+            "lr_scale": self.lr_scale,
+            "init_mean": self.init_mean,
+            "init_noise": self.init_noise,
+            "seed": self.seed,
+        }
+
+
+def _numpy_lambert_pixels(x, y, z, npx):
+    """float64 numpy version of the Lambert pixel coordinates (same formulas as the projection)."""
+    row, col = _lambert_pixels(
+        ops.convert_to_tensor(np.asarray(x, np.float64)),
+        ops.convert_to_tensor(np.asarray(y, np.float64)),
+        ops.convert_to_tensor(np.asarray(z, np.float64)),
+        npx,
+    )
+    return np.asarray(ops.convert_to_numpy(row)), np.asarray(ops.convert_to_numpy(col))
+
+
+def _numpy_bilinear(tex, row, col):
+    """Bilinear samples of (m, m, C) ``tex`` at float pixel coordinates, clamped like the projection."""
+    m = tex.shape[0]
+    i0 = np.clip(np.floor(row), 0, m - 1)
+    j0 = np.clip(np.floor(col), 0, m - 1)
+    di, dj = (row - i0)[..., None], (col - j0)[..., None]
+    i0, j0 = i0.astype(int), j0.astype(int)
+    i1, j1 = np.minimum(i0 + 1, m - 1), np.minimum(j0 + 1, m - 1)
+    top = tex[i0, j0] + (tex[i0, j1] - tex[i0, j0]) * dj
+    bottom = tex[i1, j0] + (tex[i1, j1] - tex[i1, j0]) * dj
+    return top + (bottom - top) * di
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The decoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _upsampling_matrix(grid: int, shape) -> np.ndarray:
+    """(grid^2, H*W) float32 matrix of bilinear upsampling from a grid x grid map (half-pixel centres, clamped)."""
+
+    def axis(n_out):
+        pos = np.clip((np.arange(n_out) + 0.5) * grid / n_out - 0.5, 0.0, grid - 1.0)
+        i0 = np.minimum(np.floor(pos).astype(int), grid - 1)
+        i1 = np.minimum(i0 + 1, grid - 1)
+        m = np.zeros((grid, n_out))
+        m[i0, np.arange(n_out)] += 1.0 - (pos - i0)
+        m[i1, np.arange(n_out)] += pos - i0
+        return m
+
+    my, mx = axis(shape[0]), axis(shape[1])
+    return np.einsum("ah,bw->abhw", my, mx).reshape(grid * grid, shape[0] * shape[1]).astype(np.float32)
+
+
+def _probability_logits(p):
+    """Logits of probabilities p in [0, 1]: log(p + eps) - log(1 - p + eps), finite with a gradient everywhere."""
+    return ops.log(p + PROB_EPS) - ops.log(1.0 - p + PROB_EPS)
+
+
+def _minmax_unit(raw):
+    """Per-pattern linear rescale of (B, H, W) to [0, 1] (a constant pattern becomes 0), as the dataset does."""
+    lo = ops.min(raw, axis=(1, 2), keepdims=True)
+    hi = ops.max(raw, axis=(1, 2), keepdims=True)
+    span = hi - lo
+    return (raw - lo) / ops.where(span > 0, span, ops.ones_like(span))
+
+
+@_register
+class PhysicsDecoder(BaseDecoder):
+    """Learned master pattern -> differentiable projection -> contrast (CLAHE / learned) -> + latent residual.
+
+    Built from a :class:`~ebsd_keras.models.presets.ModelConfig` with ``decoder="physics"`` (preset "physics");
+    see the module docstring and the ``physics_*`` config fields. Inputs: ``{"z" (B, latent_dim), "quaternion"
+    (B, 4), "voltage_kv" (B,) kV for voltage models, optional "pc" (B, 3) Bruker pattern centres}``; output logits
+    (B, H, W, 1).
+    """
+
+    def __init__(self, config=None, seed: int | None = None, **kwargs):
+        kwargs.setdefault("name", "decoder")
+        super().__init__(config, seed=seed, **kwargs)
+        cfg = self.model_config
+        self.geometry = physics_geometry(cfg)
+        channels = len(cfg.physics_voltage_knots_kv) if cfg.use_voltage else 1
+        self.master_pattern = MasterPatternTexture(
+            npx=cfg.physics_npx,
+            symmetry=cfg.physics_symmetry,
+            channels=channels,
+            geometry=self.geometry,
+            lr_scale=cfg.physics_texture_lr_scale,
+            seed=seed,
+            name="master_pattern",
+        )
+        self.contrast = cfg.physics_contrast
+        slope, init = cfg.negative_slope, cfg.kernel_initializer
+        learned = self.contrast == "learned"
+        if learned or cfg.physics_head_channels:
+            self.head_convs = [
+                layers.Conv2D(f, cfg.kernel_size, padding="same", kernel_initializer=init, name=f"head{i}")
+                for i, f in enumerate(cfg.physics_head_channels)
+            ]
+            self.head_acts = [LeakyReLU(slope, name=f"head_act{i}") for i in range(len(self.head_convs))]
+            # "learned": the head *is* the contrast model (Glorot start); otherwise a residual that starts at 0
+            self.head_out = layers.Conv2D(
+                1, 1, kernel_initializer="glorot_uniform" if learned else "zeros", name="head_logits"
+            )
+        else:
+            self.head_convs, self.head_acts, self.head_out = [], [], None
+        if learned:
+            size = max(3, int(round(min(cfg.image_shape) / max(cfg.physics_clahe_tiles))))  # ~ one CLAHE tile
+            self.local_mean = layers.AveragePooling2D(size, strides=1, padding="same", name="local_mean")
+        units, grid = cfg.physics_residual
+        if units and grid:
+            self.residual_hidden = layers.Dense(units, kernel_initializer=init, name="residual_hidden")
+            self.residual_act = LeakyReLU(slope, name="residual_act")
+            self.residual_map = layers.Dense(grid * grid, kernel_initializer="zeros", name="residual_map")
+            self.residual_grid = int(grid)
+            # bilinear upsampling (half-pixel centres) as one constant matrix: (g*g,) -> (H*W,)
+            self._upsample = _upsampling_matrix(self.residual_grid, tuple(cfg.image_shape))
+        else:
+            self.residual_hidden = None
+        h, w = cfg.image_shape
+        yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+        self._coords = np.stack([yy, xx], axis=-1)[None].astype(np.float32)  # (1, H, W, 2)
+        self._build_now()
+
+    # -- pieces ----------------------------------------------------------------------------------------------------
+    def project(self, attributes: dict):
+        """Raw projected intensities (B, H, W) of the master pattern (voltage channels mixed), texture units."""
+        q = canonical_quaternion(attributes["quaternion"])
+        pc = attributes.get("pc")
+        raw = self.master_pattern(q, pc=None if pc is None else ops.cast(pc, "float32"))  # (B, H, W, C)
+        if self.master_pattern.channels == 1:
+            return raw[..., 0]
+        if attributes.get("voltage_kv") is None:
+            raise ValueError("this model uses the accelerating voltage: inputs need a 'voltage_kv' entry (B,) in kV")
+        weights = voltage_weights(attributes["voltage_kv"], self.model_config.physics_voltage_knots_kv)
+        return ops.sum(raw * weights[:, None, None, :], axis=-1)
+
+    def _with_coords(self, features):
+        coords = ops.broadcast_to(
+            ops.convert_to_tensor(self._coords), (ops.shape(features)[0], *self._coords.shape[1:])
+        )
+        return ops.concatenate([features, coords], axis=-1)
+
+    def _head(self, features):
+        h = self._with_coords(features)
+        for conv, act in zip(self.head_convs, self.head_acts, strict=True):
+            h = act(conv(h))
+        return self.head_out(h)
+
+    def _learned_contrast(self, raw):
+        x = raw[..., None]
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        std = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2, 3), keepdims=True) + 1e-12)
+        x = (x - mean) / (std + 1e-6)
+        local = self.local_mean(x)
+        local_var = ops.relu(self.local_mean(ops.square(x)) - ops.square(local))
+        normalised = (x - local) / ops.sqrt(local_var + 1e-3)
+        return self._head(ops.concatenate([x, normalised, local], axis=-1))
+
+    def contrast_probabilities(self, raw, differentiable: bool = True):
+        """Probabilities (B, H, W, 1) of the fixed contrast paths ("clahe", "rescale") from raw projections.
+
+        With ``differentiable=False`` the CLAHE path computes only the exact forward value (faster; no gradient).
+        """
+        cfg = self.model_config
+        unit = _minmax_unit(raw)
+        if self.contrast == "rescale":
+            return unit[..., None]
+        out = clahe_tf(
+            unit * 255.0,
+            cfg.physics_clahe_clip_limit,
+            cfg.physics_clahe_tiles,
+            differentiable=differentiable,
+            gradient=cfg.physics_clahe_gradient,
+        )
+        return out[..., None] / 255.0
+
+    def call(self, inputs, training=None, differentiable=None):
+        """Logits (B, H, W, 1).
+
+        ``differentiable`` (default: ``training``) switches on the CLAHE surrogate gradient; pass True to
+        differentiate generated patterns outside training (e.g. orientation refinement through the generator).
+        """
+        differentiable = bool(training) if differentiable is None else bool(differentiable)
+        raw = self.project(inputs)
+        if self.contrast == "learned":
+            logits = self._learned_contrast(raw)
+        else:
+            p = self.contrast_probabilities(raw, differentiable=differentiable)
+            logits = _probability_logits(p)
+            if self.head_out is not None:
+                logits = logits + self._head(p)
+        if self.residual_hidden is not None:
+            logits = logits + self.residual_logits(inputs["z"])
+        return ops.cast(logits, "float32")
+
+    def residual_logits(self, z):
+        """The latent residual added to the logits, (B, H, W, 1) (zeros when the config has none)."""
+        shape = (-1, *self.model_config.image_shape, 1)
+        z = ops.cast(z, "float32")
+        if self.residual_hidden is None:
+            return ops.zeros((ops.shape(z)[0], *shape[1:]), dtype="float32")
+        coarse = self.residual_map(self.residual_act(self.residual_hidden(z)))  # (B, g*g)
+        return ops.reshape(ops.matmul(coarse, ops.convert_to_tensor(self._upsample)), shape)
+
+    def generate(self, attributes: dict, z=None, sample: bool = False, seed=None):
+        """As :meth:`BaseDecoder.generate` (probabilities in [0, 1]); also passes an optional per-pattern pattern
+        centre ``"pc"`` (B, 3).
+
+        The deterministic path (z = 0) of the CLAHE / rescale contrasts takes a shortcut with the same values: the
+        residual map is the same for every pattern, so ``sigmoid(logit_eps(p) + r) = (p + eps) e^r / ((p + eps)
+        e^r + 1 - p + eps)`` is computed once per pixel instead of log, log and sigmoid per pattern pixel.
+        """
+        if "quaternion" not in attributes:
+            raise ValueError("attributes need a 'quaternion' entry (B, 4)")
+        keys = ("quaternion", "voltage_kv", "pc")
+        attrs = {k: v for k, v in attributes.items() if k in keys}
+        fast = z is None and not sample and self.contrast != "learned" and self.head_out is None
+        if not fast:
+            if z is None:
+                batch = ops.shape(attributes["quaternion"])[0]
+                if sample:
+                    rng = self.seed_generator if seed is None else int(seed)
+                    z = keras.random.normal((batch, self.latent_dim), seed=rng)
+                else:
+                    z = ops.zeros((batch, self.latent_dim), dtype="float32")
+            return ops.sigmoid(self({"z": z, **attrs}, training=False))
+        p = self.contrast_probabilities(self.project(attrs), differentiable=False)
+        odds = ops.exp(self.residual_logits(ops.zeros((1, self.latent_dim), dtype="float32")))  # (1, H, W, 1)
+        num = (p + PROB_EPS) * odds
+        return num / (num + (1.0 - p + PROB_EPS))
+
+
+register_decoder("physics", PhysicsDecoder)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Master-pattern export and comparison
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _physics_layer(decoder) -> MasterPatternTexture:
+    layer = getattr(decoder, "master_pattern", None)
+    if not isinstance(layer, MasterPatternTexture):
+        decoder = getattr(decoder, "decoder", None)  # a CVAEGAN
+        layer = getattr(decoder, "master_pattern", None)
+    if not isinstance(layer, MasterPatternTexture):
+        raise TypeError("expected a PhysicsDecoder (or a CVAEGAN whose decoder is one)")
+    return layer
+
+
+def master_pattern_hemispheres(decoder, energy_kv=None):
+    """The decoder's learned master pattern as full hemispheres.
+
+    Parameters
+    ----------
+    decoder
+        :class:`PhysicsDecoder` or a CVAEGAN holding one.
+    energy_kv
+        For voltage models: one voltage (kV, interpolated between knots) or None for every knot. Ignored for
+        single-voltage models.
+
+    Returns
+    -------
+    north, south, energies
+        float32 (n_energies, S, S) hemispheres and (n_energies,) energies in kV (for a single-voltage model
+        ``energy_kv`` or 20 kV, the preset data's voltage, only as a label).
+    """
+    layer = _physics_layer(decoder)
+    north, south = layer.hemispheres()
+    if layer.channels == 1:
+        return north, south, np.array([20.0 if energy_kv is None else float(energy_kv)], dtype=np.float32)
+    knots = np.asarray(_config_of(decoder).physics_voltage_knots_kv, dtype=np.float32)
+    if energy_kv is None:
+        return north, south, knots
+    w = np.asarray(ops.convert_to_numpy(voltage_weights(np.array([energy_kv], np.float32), knots)))[0]
+    mix = lambda t: np.tensordot(w, t, axes=1)[None].astype(np.float32)  # noqa: E731
+    return mix(north), mix(south), np.array([float(energy_kv)], dtype=np.float32)
+
+
+def _config_of(decoder):
+    return decoder.model_config
+
+
+def export_master_pattern(decoder, path, energy_kv=None, crystal=None, overwrite: bool = True) -> None:
+    """Write the learned master pattern as an EMsoft EMEBSDmaster-style HDF5 file, atomically.
+
+    Layout: ``EMData/EBSDmaster/mLPNH`` and ``mLPSH`` (1, n_energies, S, S) float32 (texture units: the scale and
+    offset are arbitrary because the contrast step rescales every pattern), ``EkeVs`` (n_energies,) keV,
+    ``numEbins``, ``numset``; ``NMLparameters/EBSDMasterNameList/npx``; ``NMLparameters/MCCLNameList`` ``EkeV``,
+    ``sig`` (sample tilt, degrees), ``omega``; ``EMheader/EBSDmaster/ProgramName`` = "EMEBSDmaster.f90";
+    ``CrystalData`` (Ni by default); and the decoder's config as JSON in the ``ebsd_keras`` group's ``metadata``.
+    It opens with :func:`ebsd_keras.io.emsoft.read_master_pattern` (and kikuchipy's EMsoft master-pattern reader).
+
+    Parameters
+    ----------
+    decoder
+        :class:`PhysicsDecoder` (or a CVAEGAN holding one).
+    path
+        Output ``.h5`` file.
+    energy_kv
+        See :func:`master_pattern_hemispheres`.
+    crystal
+        CrystalData dict as :data:`ebsd_keras.io.emsoft.NICKEL_CRYSTAL` (the default) or
+        ``MasterPatternFile.crystal``.
+    overwrite
+        Replace an existing file.
+    """
+    import h5py
+
+    from ebsd_keras import __version__
+    from ebsd_keras.io.emsoft import NICKEL_CRYSTAL
+
+    decoder = decoder if hasattr(decoder, "master_pattern") else decoder.decoder
+    cfg = _config_of(decoder)
+    north, south, energies = master_pattern_hemispheres(decoder, energy_kv)
+    crystal = dict(NICKEL_CRYSTAL if crystal is None else crystal)
+    npx = (north.shape[-1] - 1) // 2
+
+    def string(group, name, value):
+        group.create_dataset(name, data=np.array([value.encode()], dtype=f"S{max(len(value), 1)}"))
+
+    def number(group, name, value, dtype):
+        group.create_dataset(name, data=np.array([value], dtype=dtype))
+
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        master = f.create_group("EMData/EBSDmaster")
+        master.create_dataset("mLPNH", data=north[None], compression="gzip")
+        master.create_dataset("mLPSH", data=south[None], compression="gzip")
+        master.create_dataset("EkeVs", data=energies.astype(np.float32))
+        number(master, "numEbins", len(energies), np.int32)
+        number(master, "numset", 1, np.int32)
+        string(master, "xtalname", "Ni.xtal")
+        nml = f.create_group("NMLparameters/EBSDMasterNameList")
+        number(nml, "npx", npx, np.int32)
+        number(nml, "Esel", -1, np.int32)
+        mc = f.create_group("NMLparameters/MCCLNameList")
+        number(mc, "EkeV", float(energies.max()), np.float64)
+        number(mc, "Ehistmin", float(energies.min()), np.float64)
+        number(mc, "Ebinsize", float(np.diff(energies).min()) if len(energies) > 1 else 1.0, np.float64)
+        number(mc, "sig", float(cfg.physics_sample_tilt_deg), np.float64)
+        number(mc, "omega", 0.0, np.float64)
+        string(mc, "MCmode", "full")
+        header = f.create_group("EMheader/EBSDmaster")
+        string(header, "ProgramName", "EMEBSDmaster.f90")
+        string(header, "Version", f"ebsd_keras {__version__} (learned)")
+        cd = f.create_group("CrystalData")
+        atom_types = np.asarray(crystal.get("atom_types", NICKEL_CRYSTAL["atom_types"]), dtype=np.int32).reshape(-1)
+        atom_data = np.asarray(crystal.get("atom_data", NICKEL_CRYSTAL["atom_data"]), np.float32).reshape(5, -1)
+        cd.create_dataset("LatticeParameters", data=np.asarray(crystal["lattice_parameters"], dtype=np.float64))
+        number(cd, "SpaceGroupNumber", int(crystal["space_group"]), np.int32)
+        number(cd, "SpaceGroupSetting", int(crystal.get("space_group_setting", 1)), np.int32)
+        number(cd, "CrystalSystem", 1 if 195 <= int(crystal["space_group"]) <= 230 else 0, np.int32)
+        number(cd, "Natomtypes", atom_types.size, np.int32)
+        cd.create_dataset("Atomtypes", data=atom_types)
+        cd.create_dataset("AtomData", data=atom_data)
+        own = f.create_group("ebsd_keras")
+        own.attrs["metadata"] = json.dumps(
+            {
+                "source": {"kind": "learned", "model": "PhysicsDecoder", "texture_units": "arbitrary (affine)"},
+                "model_config": cfg.to_dict(),
+            }
+        )
+
+
+def texture_ncc(decoder, master_pattern_path, energy_kv: float | None = None, rank: bool = False) -> float:
+    """Normalised cross-correlation between the decoder's learned master pattern and a reference EMsoft file.
+
+    The reference (one energy bin: the one nearest ``energy_kv``, default the highest) is resampled bilinearly to
+    the decoder's npx; both hemispheres of both are compared (all (2 npx + 1)^2 pixels each). NCC ignores the
+    learned texture's arbitrary scale and offset. With ``rank=True`` the NCC of the pixel *ranks* is returned
+    (Spearman's correlation): it also ignores any monotone change of intensity, which CLAHE'd training data cannot
+    pin down (equalisation keeps only the order of the grey levels within a tile, except where the clip limit
+    bites).
+
+    Parameters
+    ----------
+    decoder
+        :class:`PhysicsDecoder` (or a CVAEGAN holding one).
+    master_pattern_path
+        EMsoft EMEBSDmaster HDF5 (e.g. kikuchipy's ``ni_mc_mp_20kv_uint8_gzip_opts9.h5``).
+    energy_kv
+        Energy to compare at (kV); for voltage models also the voltage at which the learned texture is taken.
+
+    Returns
+    -------
+    float
+        NCC in [-1, 1].
+    """
+    from ebsd_keras.io.emsoft import read_master_pattern
+
+    ref = read_master_pattern(master_pattern_path)
+    e = ref.energies_kev
+    k = int(np.argmax(e)) if energy_kv is None else int(np.argmin(np.abs(e - float(energy_kv))))
+    if energy_kv is not None and abs(e[k] - float(energy_kv)) > 0.5:
+        raise EBSDInputError(
+            f"no energy bin near {float(energy_kv):g} kV (bins {e.min():g}-{e.max():g} keV)",
+            master_pattern_path,
+            "EMData/EBSDmaster/EkeVs",
+        )
+    layer = _physics_layer(decoder)
+    dec = decoder if hasattr(decoder, "master_pattern") else decoder.decoder
+    north, south, _ = master_pattern_hemispheres(dec, energy_kv=float(e[k]) if layer.channels > 1 else None)
+    ref_n = resample_lambert(ref.north[k], layer.npx)
+    ref_s = resample_lambert(ref.south[k], layer.npx)
+    a = np.concatenate([north[0].ravel(), south[0].ravel()]).astype(np.float64)
+    b = np.concatenate([ref_n.ravel(), ref_s.ravel()])
+    if rank:
+        from scipy.stats import rankdata
+
+        a, b = rankdata(a), rankdata(b)
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / math.sqrt((a * a).sum() * (b * b).sum()))

@@ -1,0 +1,355 @@
+"""The physics-informed decoder: symmetry folding, projection of a known master pattern against kikuchipy, the
+dataset's CLAHE reproduced in the graph, serialization, training, export of the learned master pattern, CVAEGAN."""
+
+import itertools
+
+import h5py
+import keras
+import kikuchipy as kp
+import numpy as np
+import pytest
+import tensorflow as tf
+from orix.quaternion import Rotation
+
+from ebsd_keras.data.preprocess import clahe
+from ebsd_keras.data.simulate import embedded_master_pattern_path, rescale_per_pattern
+from ebsd_keras.io.emsoft import read_master_pattern
+from ebsd_keras.losses import bce_from_logits
+from ebsd_keras.models.decoders import DECODERS, build_decoder
+from ebsd_keras.models.physics import (
+    MasterPatternTexture,
+    PhysicsDecoder,
+    export_master_pattern,
+    fold_directions,
+    lambert_grid_directions,
+    master_pattern_hemispheres,
+    sector_side,
+    texture_ncc,
+    voltage_weights,
+)
+from ebsd_keras.models.presets import ModelConfig, count_parameters, get_preset
+from ebsd_keras.simulations.projection import lambert_coordinates
+
+N = 24
+PC = (0.5, 0.5, 0.6)
+OTHER_PC = (0.45, 0.55, 0.65)
+
+
+def _ncc(a, b):
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def _physics(**overrides):
+    return get_preset("physics", **overrides)
+
+
+@pytest.fixture(scope="module")
+def emsoft():
+    return read_master_pattern(embedded_master_pattern_path())
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Random orientations and kikuchipy projections of the EMsoft Ni master pattern (float32, raw)."""
+    np.random.seed(11)  # orix draws from numpy's global generator
+    rot = Rotation.random(N)
+    mp = kp.load(embedded_master_pattern_path(), projection="lambert", hemisphere="both")
+
+    def project(pc):
+        det = kp.detectors.EBSDDetector((60, 60), pc=pc, tilt=10.0, sample_tilt=70.0)
+        sim = mp.get_patterns(rot, det, energy=20, compute=True, dtype_out=np.float32, show_progressbar=False)
+        return np.asarray(sim.data, dtype=np.float32).reshape(N, 60, 60)
+
+    return {"quaternion": rot.data.astype(np.float32), "raw": project(PC), "raw_other_pc": project(OTHER_PC)}
+
+
+def _decoder_with_truth(emsoft, **overrides):
+    cfg = _physics(**{"physics_npx": 200, "physics_symmetry": "4/mmm", **overrides})
+    decoder = PhysicsDecoder(cfg)
+    decoder.master_pattern.set_master_pattern(emsoft.north[0], emsoft.south[0])
+    return decoder
+
+
+# ------------------------------------------------------------------------------------------------- symmetry
+
+
+def test_emsoft_nickel_master_pattern_has_the_symmetry_built_in(emsoft):
+    north, south = emsoft.north[0], emsoft.south[0]
+    np.testing.assert_array_equal(north, south)  # centrosymmetric m-3m: one hemisphere is enough
+    for flipped in (north[::-1], north[:, ::-1], north.T, north[::-1, ::-1].T):
+        np.testing.assert_array_equal(north, flipped)  # 4mm about [001] on the Lambert square, exactly
+
+
+def test_fold_is_invariant_under_the_point_group_and_lands_in_the_sector():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(500, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    folded = np.stack(fold_directions(*v.T, "m-3m"), axis=-1)
+    x, y, z = folded.T
+    assert np.all((0 <= y) & (y <= x) & (x <= z))
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((-1, 1), repeat=3):
+            w = v[:, perm] * np.array(signs)
+            np.testing.assert_allclose(np.stack(fold_directions(*w.T, "m-3m"), axis=-1), folded, atol=1e-15)
+    tetragonal = np.stack(fold_directions(*v.T, "4/mmm"), axis=-1)
+    np.testing.assert_allclose(np.stack(fold_directions(-v[:, 1], v[:, 0], -v[:, 2], "4/mmm"), -1), tetragonal)
+    # keras.ops and numpy agree
+    k = np.stack([np.asarray(c) for c in fold_directions(*(tf.constant(c) for c in v.T), "m-3m")], axis=-1)
+    np.testing.assert_allclose(k, folded, atol=1e-12)
+
+
+def test_lambert_grid_directions_invert_the_lambert_mapping():
+    npx = 25
+    v = lambert_grid_directions(npx)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=-1), 1.0, atol=1e-12)
+    assert (v[..., 2] >= -1e-12).all()
+    row, col, north = lambert_coordinates(tf.constant(v.reshape(-1, 3)), npx)
+    rows, cols = np.meshgrid(np.arange(2 * npx + 1), np.arange(2 * npx + 1), indexing="ij")
+    np.testing.assert_allclose(np.asarray(row).reshape(rows.shape), rows, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(col).reshape(cols.shape), cols, atol=1e-9)
+
+
+@pytest.mark.parametrize("npx", [10, 57, 100, 200])
+def test_sector_variable_holds_every_folded_direction(npx):
+    layer = MasterPatternTexture(npx=npx, symmetry="m-3m")
+    row, col = layer._fold_table()
+    m = sector_side(npx, "m-3m")
+    assert layer.variable_shape == (m, m, 1)
+    assert row.min() >= -1e-9 and col.min() >= -1e-9
+    upper = int(np.floor(max(row.max(), col.max()))) + 1  # the bilinear neighbour of the farthest pixel
+    assert m - 2 <= upper <= m - 1  # fits, and the variable is not larger than needed
+
+
+# ------------------------------------------------------------------------------------------------- building
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"physics_symmetry": "m-3m", "physics_npx": 60},
+        {"physics_symmetry": "none", "physics_npx": 30, "physics_contrast": "rescale", "physics_residual": (0, 0)},
+        {"physics_contrast": "learned", "physics_head_channels": (8, 8), "physics_npx": 50},
+        {"use_voltage": True, "physics_head_channels": (4,), "physics_npx": 40},
+    ],
+)
+def test_builds_outputs_logits_and_counts_parameters(overrides):
+    cfg = _physics(**overrides)
+    decoder = build_decoder(cfg)
+    assert isinstance(decoder, PhysicsDecoder)
+    n = decoder.count_params()
+    assert n == count_parameters(cfg)["decoder"] <= 1_000_000
+    quaternion = np.array([[1, 0, 0, 0], [0.9, 0.1, -0.3, 0.2], [0.5, 0.5, 0.5, 0.5]], np.float32)
+    batch = {
+        "z": np.random.default_rng(0).normal(size=(3, cfg.latent_dim)).astype(np.float32),
+        "quaternion": quaternion,
+    }
+    if cfg.use_voltage:
+        batch["voltage_kv"] = np.array([10.0, 17.5, 30.0], np.float32)
+    logits = np.asarray(decoder(batch))
+    assert logits.shape == (3, 60, 60, 1) and logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+    p = np.asarray(decoder.generate({k: v for k, v in batch.items() if k != "z"}))
+    assert p.shape == (3, 60, 60, 1) and p.min() >= 0.0 and p.max() <= 1.0
+
+
+def test_preset_is_registered_small_and_round_trips():
+    assert DECODERS["physics"] is PhysicsDecoder
+    cfg = get_preset("physics")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    counts = count_parameters(cfg)
+    assert counts["decoder"] <= 1_000_000
+    assert counts["total"] == counts["encoder"] + counts["decoder"] + counts["critic"]
+    for bad, match in (
+        ({"physics_symmetry": "cubic"}, "physics_symmetry"),
+        ({"physics_contrast": "gamma"}, "physics_contrast"),
+        ({"physics_voltage_knots_kv": (20.0, 10.0)}, "knots"),
+        ({"physics_npx": 1}, "physics_npx"),
+        ({"physics_detector_pc": (0.5, 0.5, 0.0)}, "PCz"),
+        ({"physics_clahe_gradient": "exact"}, "physics_clahe_gradient"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            get_preset("physics", **bad)
+
+
+# ------------------------------------------------------------------------------------------------- physics
+
+
+@pytest.mark.parametrize("symmetry", ["4/mmm", "none"])
+def test_true_master_pattern_reproduces_kikuchipy_projections(emsoft, reference, symmetry):
+    decoder = _decoder_with_truth(emsoft, physics_symmetry=symmetry, physics_contrast="rescale")
+    generated = np.asarray(decoder.generate({"quaternion": reference["quaternion"]}))[..., 0]
+    assert _ncc(generated, reference["raw"]).min() > 0.999
+    # per-pattern pattern centre input ("pc", Bruker), used when given
+    pc = np.tile(np.array(OTHER_PC, np.float32), (N, 1))
+    moved = np.asarray(decoder.generate({"quaternion": reference["quaternion"], "pc": pc}))[..., 0]
+    assert _ncc(moved, reference["raw_other_pc"]).min() > 0.999
+    assert _ncc(moved, reference["raw"]).mean() < 0.99
+
+
+def test_m3m_fold_reproduces_kikuchipy_up_to_interpolation(emsoft, reference):
+    # The fold samples the EMsoft grid at other (symmetry-equivalent) points, so bilinear interpolation of its
+    # near-Nyquist detail differs slightly from kikuchipy's: close, not identical.
+    decoder = _decoder_with_truth(emsoft, physics_symmetry="m-3m", physics_contrast="rescale")
+    generated = np.asarray(decoder.generate({"quaternion": reference["quaternion"]}))[..., 0]
+    assert _ncc(generated, reference["raw"]).mean() > 0.995
+
+
+def test_in_graph_clahe_reproduces_the_dataset_patterns(emsoft, reference):
+    decoder = _decoder_with_truth(emsoft)  # the preset's default contrast: CLAHE in the graph
+    assert decoder.model_config.physics_contrast == "clahe"
+    generated = np.asarray(decoder.generate({"quaternion": reference["quaternion"]}))[..., 0]
+    target = clahe(rescale_per_pattern(reference["raw"]))  # what the dataset builder stores
+    diff = np.abs(generated * 255.0 - target)
+    assert (diff <= 1.0).mean() >= 0.99
+    assert np.median(_ncc(generated, target)) > 0.999
+
+
+def test_voltage_channels_interpolate_linearly_between_knots(emsoft, reference):
+    knots = (10.0, 15.0, 20.0, 25.0, 30.0)
+    w = np.asarray(voltage_weights(np.array([5.0, 10.0, 12.5, 20.0, 27.5, 30.0, 40.0], np.float32), knots))
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(w[[0, 1]], [[1, 0, 0, 0, 0]] * 2)  # clamped below the first knot
+    np.testing.assert_allclose(w[2], [0.5, 0.5, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(w[3], [0, 0, 1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(w[[5, 6]], [[0, 0, 0, 0, 1]] * 2)
+    decoder = PhysicsDecoder(_physics(use_voltage=True, physics_npx=200, physics_symmetry="4/mmm"))
+    channels = np.stack([emsoft.north[0] ** (0.5 + 0.25 * i) for i in range(len(knots))])
+    decoder.master_pattern.set_master_pattern(channels)
+    q = reference["quaternion"][:4]
+    raw = {kv: np.asarray(decoder.project({"quaternion": q, "voltage_kv": np.full(4, kv, np.float32)}))
+           for kv in (15.0, 17.5, 20.0)}  # fmt: skip
+    np.testing.assert_allclose(raw[17.5], 0.5 * (raw[15.0] + raw[20.0]), rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="voltage_kv"):
+        decoder.project({"quaternion": q})
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+def _targets(emsoft, n=16):
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(n, 4)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    truth = _decoder_with_truth(emsoft)
+    return q, np.asarray(truth.generate({"quaternion": q}))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"physics_npx": 40, "physics_symmetry": "4/mmm"},
+        {"physics_npx": 40, "physics_symmetry": "m-3m", "physics_clahe_gradient": "lut"},
+        {"physics_npx": 40, "physics_contrast": "learned", "physics_head_channels": (8,)},
+    ],
+)
+def test_a_few_steps_reduce_bce_with_finite_gradients(emsoft, overrides):
+    q, x = _targets(emsoft)
+    keras.utils.set_random_seed(0)
+    decoder = PhysicsDecoder(_physics(**overrides))
+    z = np.zeros((len(q), decoder.latent_dim), np.float32)
+    optimizer = keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(bce_from_logits(x, decoder({"z": z, "quaternion": q}, training=True)))
+        grads = tape.gradient(loss, decoder.trainable_variables)
+        optimizer.apply_gradients(zip(grads, decoder.trainable_variables, strict=True))
+        return loss, grads
+
+    first, grads = step()
+    for g, v in zip(grads, decoder.trainable_variables, strict=True):
+        assert g is not None and np.isfinite(np.asarray(g)).all(), v.path
+    texture_grad = grads[
+        [v.path for v in decoder.trainable_variables].index(decoder.master_pattern.texture_variable.path)
+    ]
+    assert np.abs(np.asarray(texture_grad)).max() > 0
+    for _ in range(12):
+        last, _ = step()
+    assert float(last) < float(first) - 0.002
+
+
+def test_gradients_reach_quaternion_and_pattern_centre_for_refinement(emsoft, reference):
+    decoder = _decoder_with_truth(emsoft)
+    q = tf.Variable(reference["quaternion"][:4])
+    pc = tf.Variable(np.tile(np.array(PC, np.float32), (4, 1)))
+    target = np.asarray(decoder.generate({"quaternion": reference["quaternion"][4:8]}))
+    with tf.GradientTape() as tape:
+        logits = decoder({"z": tf.zeros((4, decoder.latent_dim)), "quaternion": q, "pc": pc}, differentiable=True)
+        loss = tf.reduce_mean(bce_from_logits(target, logits))
+    gq, gpc = tape.gradient(loss, [q, pc])
+    assert np.isfinite(np.asarray(gq)).all() and np.abs(np.asarray(gq)).max() > 0
+    assert np.isfinite(np.asarray(gpc)).all() and np.abs(np.asarray(gpc)).max() > 0
+
+
+def test_cvaegan_with_the_physics_decoder_fits_in_phase_cvae():
+    from ebsd_keras.models.cvaegan import CVAEGAN
+
+    cfg = _physics(physics_npx=40)
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(8, 4)).astype(np.float32)
+    data = {
+        "pattern": rng.random((8, 60, 60, 1)).astype(np.float32),
+        "quaternion": q / np.linalg.norm(q, axis=1)[:, None],
+    }
+    keras.utils.set_random_seed(0)
+    model = CVAEGAN(config=cfg, seed=0)
+    assert isinstance(model.decoder, PhysicsDecoder)
+    model.compile(phase="cvae", encoder_decoder_optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(tf.data.Dataset.from_tensors(data).repeat(), steps_per_epoch=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and np.isfinite(history.history["bce"]).all()
+    assert model.encoder_decoder_optimizer.iterations.numpy() == 2
+
+
+# ------------------------------------------------------------------------------------------------- saving, export
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"physics_npx": 40}, {"physics_npx": 30, "use_voltage": True, "physics_contrast": "learned",
+                           "physics_head_channels": (4,), "physics_symmetry": "none"}],
+)  # fmt: skip
+def test_keras_round_trip_gives_identical_outputs(tmp_path, overrides):
+    cfg = _physics(**overrides)
+    keras.utils.set_random_seed(1)
+    decoder = PhysicsDecoder(cfg)
+    for v in decoder.trainable_variables:  # make every weight matter (the residual map starts at zero)
+        v.assign(v + np.random.default_rng(2).normal(size=v.shape).astype(np.float32) * 0.01)
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(4, 4)).astype(np.float32)
+    batch = {"z": rng.normal(size=(4, cfg.latent_dim)).astype(np.float32), "quaternion": q}
+    if cfg.use_voltage:
+        batch["voltage_kv"] = np.array([10.0, 12.0, 20.0, 29.0], np.float32)
+    path = tmp_path / "decoder.keras"
+    decoder.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded, PhysicsDecoder) and loaded.model_config == cfg
+    np.testing.assert_array_equal(np.asarray(loaded(batch)), np.asarray(decoder(batch)))
+
+
+def test_export_master_pattern_is_an_emsoft_file_and_compares_with_the_truth(tmp_path, emsoft):
+    decoder = _decoder_with_truth(emsoft)
+    path = tmp_path / "learned_mp.h5"
+    export_master_pattern(decoder, path, energy_kv=20.0)
+    mp = read_master_pattern(path)
+    assert mp.north.shape == mp.south.shape == (1, 401, 401) and mp.north.dtype == np.float32
+    assert mp.npx == 200 and mp.program_name == "EMEBSDmaster.f90" and mp.space_group == 225
+    np.testing.assert_allclose(mp.energies_kev, [20.0])
+    north, _, _ = master_pattern_hemispheres(decoder)
+    np.testing.assert_array_equal(mp.north, north)
+    np.testing.assert_allclose(mp.north[0], emsoft.north[0], atol=1e-4)  # 4/mmm unfolds the quadrant exactly
+    with h5py.File(path, "r") as f:
+        assert f["EMData/EBSDmaster/mLPNH"].shape == (1, 1, 401, 401)
+    # kikuchipy reads it as an EMsoft master pattern too
+    signal = kp.load(path, projection="lambert", hemisphere="both")
+    assert signal.data.shape[-2:] == (401, 401)
+    assert texture_ncc(decoder, embedded_master_pattern_path(), energy_kv=20.0) > 0.9999
+    fresh = PhysicsDecoder(_physics(physics_npx=100))
+    assert texture_ncc(fresh, embedded_master_pattern_path()) < 0.5
+    with pytest.raises(FileExistsError):
+        export_master_pattern(decoder, path, overwrite=False)
