@@ -46,8 +46,8 @@ from ebsd_keras.losses import (
     wasserstein_critic_loss,
     wasserstein_generator_loss,
 )
-from ebsd_keras.models.critic import Critic
 from ebsd_keras.models import physics as _physics  # noqa: F401 - registers decoder kind "physics" (build, .keras load)
+from ebsd_keras.models.critic import Critic
 from ebsd_keras.models.decoders import build_decoder
 from ebsd_keras.models.encoder import Encoder
 from ebsd_keras.models.presets import ModelConfig, get_preset
