@@ -190,7 +190,7 @@ def fidelity(decoder, patterns, quaternions, batch=256):
     }, out
 
 
-def throughput(decoder, cfg, n=2048, batch=256, repeats=5, seed=0):
+def throughput(decoder, cfg, n=2048, batch=256, repeats=10, seed=0):
     """Patterns/s of our generator (best of XLA / graph) vs kikuchipy (and kikuchipy + cv2 CLAHE), interleaved."""
     import kikuchipy as kp
     from orix.quaternion import Rotation
