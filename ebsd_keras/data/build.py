@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ebsd_keras import __version__
 from ebsd_keras._atomic import atomic_dir
+from ebsd_keras._versions import package_versions
 from ebsd_keras.checks import check_voltage_kv
 from ebsd_keras.data.preprocess import CLAHEConfig
 from ebsd_keras.data.preprocess import clahe as apply_clahe
@@ -201,21 +201,7 @@ def _orientations(n_train, n_val, n_test, train_orientations, max_per_split, see
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"ebsd_keras": __version__}
-    for name in _PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    try:
-        import cv2
-
-        out["opencv"] = cv2.__version__
-    except ImportError:  # pragma: no cover
-        out["opencv"] = None
-    return out
+    return package_versions(_PACKAGES)
 
 
 def _source_record(source: dict) -> dict:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ebsd_keras import __version__
+from ebsd_keras._versions import package_versions
 from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.evaluation.metrics import (
     bce_per_pattern,
@@ -620,21 +620,7 @@ def _index_and_refine(
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"ebsd_keras": __version__}
-    for name in _VERSION_PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    try:
-        import cv2
-
-        out["opencv"] = cv2.__version__
-    except ImportError:  # pragma: no cover
-        out["opencv"] = None
-    return out
+    return package_versions(_VERSION_PACKAGES)
 
 
 def _model_info(model, label: str) -> dict:
