@@ -1078,6 +1078,15 @@ def _save(fig, path: Path) -> None:
     _plt().close(fig)
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    """Label the axes, add the legend and save the figure (the common tail of the one-panel figures)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _kde_figure(results: dict, path: Path) -> None:
     from scipy.stats import gaussian_kde
 
@@ -1093,11 +1102,7 @@ def _kde_figure(results: dict, path: Path) -> None:
             ax.plot(xs * 100, gaussian_kde(v)(xs) / 100, label=name)
         else:  # a single value (e.g. 100 % for true patterns): no density to estimate
             ax.axvline(float(v.mean()) * 100, label=f"{name} (all {100 * v.mean():.1f} %)", color="k", ls="--")
-    ax.set_xlabel("pixels within 15 % of the truth (%)")
-    ax.set_ylabel("density (per %)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, ax, "pixels within 15 % of the truth (%)", "density (per %)", path)
 
 
 def _pixel_hist_figure(results: dict, path: Path) -> None:
@@ -1110,11 +1115,7 @@ def _pixel_hist_figure(results: dict, path: Path) -> None:
         if key in h:
             counts = np.asarray(h[key], dtype=np.float64)
             ax.step(centers, counts / max(counts.sum(), 1), where="mid", label=key)
-    ax.set_xlabel("pixel value")
-    ax.set_ylabel("fraction of pixels")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, ax, "pixel value", "fraction of pixels", path)
 
 
 def _bce_figure(results: dict, path: Path) -> None:
@@ -1128,11 +1129,7 @@ def _bce_figure(results: dict, path: Path) -> None:
     bins = np.linspace(allv.min(), allv.max() + 1e-9, 40)
     for name, v in series.items():
         ax.hist(np.asarray(v, dtype=np.float64), bins=bins, histtype="step", label=name)
-    ax.set_xlabel("BCE per pattern (nats/pixel)")
-    ax.set_ylabel("patterns")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, ax, "BCE per pattern (nats/pixel)", "patterns", path)
 
 
 def _orientation_figure(results: dict, path: Path) -> None:
