@@ -645,7 +645,15 @@ class GenerationResult:
 
 def _generator_fn(model):
     """A compiled ``fn(q (B, 4), v (B,), z (B, D) or None) -> (B, H, W)`` on the model's decoder (no XLA: runs
-    everywhere, and the SavedModel export traces the same ops)."""
+    everywhere, and the SavedModel export traces the same ops). Kept on the model, so later requests skip tracing."""
+    cached = getattr(model, "_ebsd_keras_generator_fn", None)
+    if cached is None:
+        cached = _make_generator_fn(model)
+        object.__setattr__(model, "_ebsd_keras_generator_fn", cached)
+    return cached
+
+
+def _make_generator_fn(model):
     import tensorflow as tf
 
     use_voltage = bool(model.model_config.use_voltage)
@@ -668,6 +676,16 @@ def _generator_fn(model):
     return fn
 
 
+def _latent(latent, n: int, dim: int) -> np.ndarray:
+    from ebsd_keras.checks import check_finite
+
+    z = np.asarray(latent, dtype=np.float32)
+    if z.shape != (n, dim):
+        raise EBSDInputError(f"expected ({n}, {dim}) latent vectors, got shape {z.shape}", None, "latent")
+    check_finite(z, None, "latent", what="latent values")
+    return z
+
+
 def _progress(total: int, enabled, desc: str):
     from tqdm.auto import tqdm
 
@@ -685,6 +703,7 @@ def generate(
     degrees: bool = False,
     samples: int | None = None,
     seed: int = 0,
+    latent=None,
     batch_size: int = 256,
     strict: bool = False,
     output=None,
@@ -709,6 +728,9 @@ def generate(
         z ~ N(0, I) per orientation.
     seed
         Seed of the prior samples (``numpy.random.default_rng``; the batch size does not change them).
+    latent
+        Explicit latent vectors (N, latent_dim), one per orientation, instead of ``samples`` (the SavedModel's
+        ``with_latent`` signature).
     batch_size
         Patterns per model call.
     strict
@@ -742,6 +764,8 @@ def generate(
         raise EBSDInputError(f"samples must be a positive integer, got {samples!r}", None, "samples")
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise EBSDInputError(f"batch size must be a positive integer, got {batch_size!r}", None, "batch_size")
+    if samples is not None and latent is not None:
+        raise EBSDInputError("give samples or latent vectors, not both", None, "latent")
     orientations = read_orientations(euler=euler, quaternion=quaternion, angles=angles, degrees=degrees)
     if isinstance(model, (str, os.PathLike)):
         inspect_model_file(model)  # a foreign file is refused before TensorFlow starts
@@ -765,6 +789,8 @@ def generate(
     z = None
     if samples is not None:
         z = np.random.default_rng(seed).standard_normal((m, int(cfg.latent_dim))).astype(np.float32)
+    elif latent is not None:
+        z = _latent(latent, n, int(cfg.latent_dim))
     result = GenerationResult(
         None,
         q,
@@ -777,7 +803,11 @@ def generate(
             "model": minfo["path"],
             "model_name": cfg.name,
             "voltage_range_kv": list(minfo["voltage_range_kv"]),
-            "path": "deterministic (z = 0)" if samples is None else "prior samples z ~ N(0, I)",
+            "path": (
+                "prior samples z ~ N(0, I)"
+                if samples is not None
+                else ("given latent vectors" if latent is not None else "deterministic (z = 0)")
+            ),
             "samples_per_orientation": k,
             "seed": None if samples is None else int(seed),
             "orientation_source": orientations.source,

@@ -12,8 +12,8 @@ PHYSICS_VOLTAGE = {"physics_npx": 20, "use_voltage": True, "physics_voltage_knot
 PHYSICS_SINGLE = {"physics_npx": 20}
 
 
-def save_model(path, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
-    """Build an untrained CVAEGAN (``preset`` with ``overrides``) and save it as ``.keras``."""
+def build_model(preset: str = "tiny", seed: int = 0, **overrides):
+    """An untrained CVAEGAN (``preset`` with ``overrides``)."""
     from ebsd_keras.models.cvaegan import CVAEGAN
     from ebsd_keras.models.presets import get_preset
 
@@ -26,6 +26,12 @@ def save_model(path, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
         layer.set_master_pattern(
             np.stack([0.5 + 0.4 * np.sin((9 + 3 * c) * xx + 5 * yy) * np.cos(7 * yy) for c in range(layer.channels)])
         )
+    return model
+
+
+def save_model(path, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
+    """:func:`build_model`, saved as ``.keras``."""
+    model = build_model(preset, seed, **overrides)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(str(path))
