@@ -388,29 +388,32 @@ def read_orientations(euler=None, quaternion=None, angles=None, degrees: bool = 
     return Orientations(unit_quaternions(q, path, "angles"), quaternion_to_euler(q), None, str(path))
 
 
-def _voltages(voltage_kv, orientations: Orientations, vrange, use_voltage: bool, strict: bool) -> np.ndarray:
-    """(N,) float64 kV for the request, checked against the trained range (warn, or raise with ``strict``)."""
+def _requested_voltages(voltage_kv, orientations: Orientations):
+    """(N,) float64 kV asked for (argument, else the source file's), validated (count, finite, 1-60 kV) before any
+    model is loaded; None when neither gives one."""
     from ebsd_keras.checks import check_voltage_kv
 
     n = len(orientations)
     if voltage_kv is None:
-        if orientations.voltage_kv is not None:
-            v = orientations.voltage_kv
-            field = f"{orientations.source}: voltages"
-        else:
-            lo, hi = vrange
-            nominal = SINGLE_VOLTAGE_DEFAULT_KV if lo <= SINGLE_VOLTAGE_DEFAULT_KV <= hi else 0.5 * (lo + hi)
-            v = np.full(n, nominal)
-            field = "voltage_kv"
-    else:
-        v = np.atleast_1d(np.asarray(voltage_kv, dtype=np.float64)).reshape(-1)
-        field = "voltage_kv"
-        if v.size not in (1, n):
-            raise EBSDInputError(
-                f"{v.size} voltages for {n} orientations: give one, or one per orientation", None, field
-            )
-        v = np.broadcast_to(v, (n,)).copy()
-    v = check_voltage_kv(v, None, field)
+        if orientations.voltage_kv is None:
+            return None
+        return check_voltage_kv(orientations.voltage_kv, orientations.source, "voltages")
+    v = np.atleast_1d(np.asarray(voltage_kv, dtype=np.float64)).reshape(-1)
+    if v.size not in (1, n):
+        raise EBSDInputError(
+            f"{v.size} voltages for {n} orientations: give one, or one per orientation", None, "voltage_kv"
+        )
+    return check_voltage_kv(np.broadcast_to(v, (n,)).copy(), None, "voltage_kv")
+
+
+def _voltages(requested, n: int, vrange, use_voltage: bool, strict: bool) -> np.ndarray:
+    """(N,) float64 kV of the patterns, checked against the trained range (warn, or raise with ``strict``)."""
+    field = "voltage_kv"
+    if requested is None:
+        lo, hi = vrange
+        nominal = SINGLE_VOLTAGE_DEFAULT_KV if lo <= SINGLE_VOLTAGE_DEFAULT_KV <= hi else 0.5 * (lo + hi)
+        requested = np.full(n, nominal)
+    v = requested
     lo, hi = vrange
     outside = (v < lo - 1e-6) | (v > hi + 1e-6)
     if outside.any():
@@ -767,11 +770,12 @@ def generate(
     if samples is not None and latent is not None:
         raise EBSDInputError("give samples or latent vectors, not both", None, "latent")
     orientations = read_orientations(euler=euler, quaternion=quaternion, angles=angles, degrees=degrees)
+    requested = _requested_voltages(voltage_kv, orientations)
     if isinstance(model, (str, os.PathLike)):
         inspect_model_file(model)  # a foreign file is refused before TensorFlow starts
     model, minfo = load_generator(model)
     cfg = model.model_config
-    volts = _voltages(voltage_kv, orientations, minfo["voltage_range_kv"], bool(cfg.use_voltage), strict)
+    volts = _voltages(requested, len(orientations), minfo["voltage_range_kv"], bool(cfg.use_voltage), strict)
 
     k = 1 if samples is None else int(samples)
     n = len(orientations)

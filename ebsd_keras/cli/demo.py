@@ -14,7 +14,12 @@ inside the kikuchipy wheel (no download):
   1. build a small dataset (cubochoric grids, disjoint train/val/test densities, 60 x 60 detector, PC (0.5, 0.5,
      0.6), detector tilt 10 deg, sample tilt 70 deg, CLAHE clip 10 / 4 x 4 tiles) as EMsoft-layout HDF5;
   2. convert it to sharded TFRecords and stream it back with tf.data, reporting the read rate;
-  3. write a PNG grid of test patterns and a summary (summary.json) to DIR.
+  3. generate the test orientations' patterns with the shipped pretrained model (a voltage-aware model if one is
+     shipped in saved_models/, else ni20-physics at 20 kV; or --model), written as EMsoft-layout HDF5;
+  4. measure their fidelity against the EMsoft patterns: NCC, BCE gap, pixels within 15 %, and the refined
+     dictionary-indexing error on a small subset (--refine-n; the true patterns' floor beside it);
+  5. write a PNG grid of real vs generated patterns (and other voltages for a voltage-aware model) and a summary
+     (summary.json) to DIR.
 
 Every file goes under DIR; an existing DIR is replaced only with --overwrite.
 """
@@ -32,19 +37,24 @@ def register(subparsers) -> None:
     p.add_argument("--max-train", type=int, default=4000, help="at most this many training patterns (4000)")
     p.add_argument("--max-test", type=int, default=256, help="at most this many val/test patterns each (256)")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling (0)")
+    p.add_argument("--model", type=Path, help="a .keras model (default: the shipped model)")
+    p.add_argument("--refine-n", type=int, default=20, help="test patterns indexed and refined (20; 0 skips it)")
+    p.add_argument(
+        "--dictionary-steps",
+        type=int,
+        default=47,
+        help="cubochoric semi-edge steps of the DI dictionary (47, about 3 deg; prime, so no dictionary orientation "
+        "coincides with a test orientation)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import numpy as np
-
     from ebsd_keras._atomic import atomic_path
     from ebsd_keras.data.build import build_dataset
     from ebsd_keras.data.pipeline import make_dataset
-    from ebsd_keras.evaluation.figures import save_pattern_grid
     from ebsd_keras.io.tfrecord import write_tfrecords
-    from ebsd_keras.orientation import quaternion_to_euler
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -53,7 +63,7 @@ def run(args) -> int:
     summary = {}
 
     t0 = time.perf_counter()
-    print("[1/3] building a small Ni 20 kV dataset from the embedded EMsoft master pattern")
+    print("[1/5] building a small Ni 20 kV dataset from the embedded EMsoft master pattern")
     built = build_dataset(
         out / "dataset",
         n_train=args.density,
@@ -65,7 +75,7 @@ def run(args) -> int:
     summary["dataset_seconds"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    print("[2/3] converting to TFRecords")
+    print("[2/5] converting to TFRecords")
     write_tfrecords(
         [
             ("train", out / "dataset" / "train.h5"),
@@ -84,13 +94,127 @@ def run(args) -> int:
             pass
     summary["tfdata_read_patterns_per_s"] = round(3 * n / (time.perf_counter() - t0))
 
-    print("[3/3] writing a grid of test patterns")
-    test = next(iter(make_dataset(out / "tfrecords", split="test", batch_size=8, shuffle=False)))
-    euler = np.rad2deg(quaternion_to_euler(test["quaternion"].numpy().astype(np.float64)))
-    titles = [f"({e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f})" for e in euler]
-    save_pattern_grid(out / "test_patterns.png", {"EMsoft Ni 20 kV": test["pattern"].numpy()}, titles=titles)
+    summary.update(_generate_and_measure(args, out))
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    print(f"outputs in {out}/: dataset/ (EMsoft HDF5), tfrecords/, test_patterns.png, summary.json")
+    print(
+        f"outputs in {out}/: dataset/ (EMsoft HDF5), tfrecords/, generated_test.h5 (EMsoft HDF5), "
+        "real_vs_generated.png, summary.json"
+    )
     return 0
+
+
+def _generate_and_measure(args, out: Path) -> dict:
+    """Steps 3-5: generate the test split with the shipped model, measure fidelity, draw real vs generated."""
+    import numpy as np
+
+    from ebsd_keras.evaluation.figures import save_pattern_grid
+    from ebsd_keras.evaluation.metrics import bce_per_pattern, ncc, optimal_bce, pixel_fraction_within
+    from ebsd_keras.evaluation.report import load_test_set
+    from ebsd_keras.generation import generate, load_generator
+    from ebsd_keras.orientation import quaternion_to_euler
+
+    test = load_test_set(out / "dataset" / "test.h5", n=None)
+    model, info = load_generator(args.model)
+    lo, hi = info["voltage_range_kv"]
+    print(f"[3/5] generating the {len(test)} test patterns with {info['path']} (trained for {lo:g}-{hi:g} kV)")
+    t0 = time.perf_counter()
+    result = generate(
+        model,
+        quaternion=test.quaternion,
+        voltage_kv=test.voltage_kv,
+        output=out / "generated_test.h5",
+        keep_patterns=True,
+        progress=True,
+    )
+    seconds = time.perf_counter() - t0
+    truth = test.patterns.astype(np.float64) / 255.0
+    generated = result.patterns.astype(np.float64)
+
+    print("[4/5] fidelity against the EMsoft patterns")
+    bce = bce_per_pattern(truth, generated)
+    gap = bce - optimal_bce(truth)
+    r = ncc(truth, generated)
+    within = pixel_fraction_within(truth, generated, 0.15)
+    fidelity = {
+        "n": len(test),
+        "ncc_mean": round(float(r.mean()), 5),
+        "ncc_min": round(float(r.min()), 5),
+        "bce_gap_mean": round(float(gap.mean()), 5),
+        "pixels_within_15pct": round(float(within.mean()), 5),
+    }
+    if args.refine_n > 0:
+        fidelity.update(_refined_di(model, test, args))
+    print(
+        f"  NCC {fidelity['ncc_mean']:.4f} (min {fidelity['ncc_min']:.4f}), BCE gap {fidelity['bce_gap_mean']:.4f}, "
+        f"pixels within 15 %: {100 * fidelity['pixels_within_15pct']:.2f} %"
+    )
+    if "refined_error_deg_mean" in fidelity:
+        print(
+            f"  dictionary indexing + BOBYQA refinement of {fidelity['refined_n']} patterns (cubochoric dictionary "
+            f"N = {args.dictionary_steps}): DI error {fidelity['di_error_deg_mean']:.3f} deg, refined error "
+            f"{fidelity['refined_error_deg_mean']:.4f} deg (true patterns: "
+            f"{fidelity['true_refined_error_deg_mean']:.4f})"
+        )
+
+    print("[5/5] writing a grid of real vs generated patterns")
+    cols = np.linspace(0, len(test) - 1, min(8, len(test))).astype(int)
+    rows = {
+        f"EMsoft {test.voltage_kv[cols[0]]:g} kV": truth[cols],
+        "generated": generated[cols],
+        "10 x (generated - EMsoft)": np.clip(10.0 * (generated[cols] - truth[cols]), -1.0, 1.0),  # visible
+    }
+    voltages = _extra_voltages(model, (lo, hi), test.voltage_kv[cols[0]])
+    for kv in voltages:
+        rows[f"generated {kv:g} kV"] = generate(model, quaternion=test.quaternion[cols], voltage_kv=kv).patterns
+    euler = np.rad2deg(quaternion_to_euler(test.quaternion[cols]))
+    titles = [f"({e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f})" for e in euler]
+    save_pattern_grid(out / "real_vs_generated.png", rows, titles=titles, diff_rows=("10 x (generated - EMsoft)",))
+    return {
+        "model": info["path"],
+        "model_voltage_range_kv": [lo, hi],
+        "generated_patterns": len(test),
+        "generation_seconds": round(seconds, 2),
+        "extra_voltages_kv": voltages,
+        "fidelity": fidelity,
+    }
+
+
+def _extra_voltages(model, vrange, data_kv) -> list:
+    """Other voltages to show for a voltage-aware model: its physics knots, else five across its range."""
+    import numpy as np
+
+    cfg = model.model_config
+    if not cfg.use_voltage or vrange[0] == vrange[1]:
+        return []
+    knots = cfg.physics_voltage_knots_kv if cfg.decoder == "physics" else np.linspace(*vrange, 5)
+    return [float(k) for k in knots if abs(float(k) - float(data_kv)) > 1e-6]
+
+
+def _refined_di(model, test, args) -> dict:
+    """Dictionary indexing + BOBYQA refinement of a few generated and true patterns (the evaluation's code)."""
+    import numpy as np
+
+    from ebsd_keras.evaluation.report import evaluate_generator, model_generator
+
+    rows = np.linspace(0, len(test) - 1, min(args.refine_n, len(test))).astype(int)
+    res = evaluate_generator(
+        model_generator(model),
+        test.subset(rows),
+        semi_edge_steps=args.dictionary_steps,
+        refine=True,
+        label="generated",
+        throughput_seconds=0.2,
+        workers=8,
+        progress=True,
+    )
+    gen, true = res["indexing"]["generated"], res["indexing"]["true"]
+    return {
+        "refined_n": int(len(rows)),
+        "dictionary_semi_edge_steps": args.dictionary_steps,
+        "di_error_deg_mean": round(float(gen["di_error_deg"]["mean"]), 4),
+        "refined_error_deg_mean": round(float(gen["refined_error_deg"]["mean"]), 4),
+        "refined_error_deg_max": round(float(gen["refined_error_deg"]["max"]), 4),
+        "true_refined_error_deg_mean": round(float(true["refined_error_deg"]["mean"]), 4),
+    }
