@@ -113,3 +113,28 @@ def test_density_and_angles_are_exclusive(tmp_path, capsys):
         main(["dataset", "-o", str(tmp_path / "x"), "--density", "4", "--angles", "a.txt"])
     assert exc.value.code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_one_master_pattern_file_per_voltage_and_refused_mixing(tmp_path, capsys):
+    from ebsd_keras.data.simulate import embedded_master_pattern_path
+
+    mp = embedded_master_pattern_path()
+    # KV=FILE per voltage: the 20 kV file serves 20 kV; 30 kV has no file -> refused (would mix sources)
+    code, _, err = run_cli(
+        capsys, "dataset", "-o", tmp_path / "a", *TINY, "--kv", "20", "30", "--master-pattern", f"20={mp}"
+    )
+    assert code == 2 and "no master-pattern file for 30 kV" in err and "--allow-mixed-sources" in err
+    assert not (tmp_path / "a").exists()
+    code, _, err = run_cli(capsys, "dataset", "-o", tmp_path / "b", *TINY, "--master-pattern", f"x={mp}")
+    assert code == 2 and "not a voltage" in err
+    # explicitly allowed: EMsoft at 20 kV, kinematical at 30 kV, each recorded
+    code, out, _ = run_cli(
+        capsys,
+        "dataset", "-o", tmp_path / "c", *TINY, "--kv", "20", "30", "--master-pattern", f"20={mp}",
+        "--allow-mixed-sources", "--master-half-size", "40",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["source"] == "mixed"
+    meta = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    assert [(s["energy_kv"], s["kind"]) for s in meta["sources"]] == [(20.0, "emsoft-dynamical"), (30.0, "kinematical")]
+    with h5py.File(tmp_path / "c" / "train.h5") as f:
+        assert sorted(set(f["EMData/EBSD/AcceleratingVoltage"][()].tolist())) == [20.0, 30.0]

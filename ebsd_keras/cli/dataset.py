@@ -27,12 +27,21 @@ Orientations:
 Master pattern and voltage (kV):
   default         the real EMsoft 5 Ni 20 kV dynamical master pattern embedded in kikuchipy (no download).
   --master-pattern FILE
-                  an EMsoft EMEBSDmaster file; every --kv must be one of its energies (EkeVs).
+                  an EMsoft EMEBSDmaster file; every --kv must be one of its energies (EkeVs) -- a file with several
+                  energy bins serves several voltages.
+  --master-pattern KV=FILE [KV=FILE ...]
+                  one EMsoft master-pattern file per voltage (each file must hold that energy).
   --kv KV [KV ...]
                   accelerating voltage(s) in kV (default 20). Without a master-pattern file, voltages other than
-                  20 kV use kikuchipy's kinematical Ni simulator for ALL voltages (--source says which; sources are
-                  never mixed). Several voltages repeat each split's orientation list in consecutive blocks, one per
-                  voltage, with a per-pattern EMData/EBSD/AcceleratingVoltage dataset (kV).
+                  20 kV use kikuchipy's kinematical Ni simulator for ALL voltages. Several voltages repeat each
+                  split's orientation list in consecutive blocks, one per voltage, with a per-pattern
+                  EMData/EBSD/AcceleratingVoltage dataset (kV).
+  --source ebsdsim
+                  dynamical Ni master patterns simulated at each voltage by the optional ebsdsim package (needs a
+                  Vulkan/WebGPU device; CPU-only machines: apt-get install mesa-vulkan-drivers; minutes per voltage).
+  Sources (EMsoft dynamical, ebsdsim dynamical, kinematical) are never mixed silently: files for only some
+  voltages are refused unless --allow-mixed-sources; dataset.json and every file's metadata record the source of
+  each voltage.
 
 Detector (defaults: 60 x 60 px, PC (0.5, 0.5, 0.6), detector tilt 10 deg, sample tilt 70 deg, 50 um px, binning 1):
   --pc PCX PCY PCZ  Bruker pattern centre as fractions: PCx of the width from the left, PCy of the height from the
@@ -53,6 +62,7 @@ examples:
   ebsd-keras dataset -o data/small --density 20 --max-train 2000 --max-val 200 --max-test 200
   ebsd-keras dataset -o data/volt --density 30 --kv 10 15 20 25 30      # kinematical, 5 voltage blocks
   ebsd-keras dataset -o data/mp --master-pattern Ni-master-10-30kV.h5 --kv 10 20 30
+  ebsd-keras dataset -o data/mp2 --kv 10 20 --master-pattern 10=Ni-10kV.h5 20=Ni-20kV.h5
 """
 
 
@@ -82,14 +92,28 @@ def register(subparsers) -> None:
     p.add_argument(
         "--master-pattern",
         default=None,
-        metavar="FILE",
-        help="EMsoft master-pattern HDF5 (default: kikuchipy's embedded Ni 20 kV)",
+        nargs="+",
+        metavar="FILE|KV=FILE",
+        help="EMsoft master-pattern HDF5 (every voltage), or one KV=FILE per voltage (default: kikuchipy's "
+        "embedded Ni 20 kV)",
     )
     p.add_argument(
         "--source",
-        choices=("auto", "emsoft", "kinematical"),
+        choices=("auto", "emsoft", "kinematical", "ebsdsim"),
         default="auto",
         help="master-pattern source (default auto: EMsoft dynamical if available, else kinematical)",
+    )
+    p.add_argument(
+        "--allow-mixed-sources",
+        action="store_true",
+        help="allow different master-pattern sources at different voltages (recorded per voltage)",
+    )
+    p.add_argument(
+        "--master-half-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="half side of simulated (kinematical: default 200; ebsdsim: default 60) master patterns",
     )
     p.add_argument(
         "--kv", type=float, nargs="+", default=[20.0], metavar="KV", help="accelerating voltage(s) in kV (default 20)"
@@ -133,6 +157,29 @@ def _positive(value, option: str) -> None:
         raise EBSDInputError(f"must be a positive integer, got {value}", None, option)
 
 
+def _master_patterns(values):
+    """``--master-pattern`` values -> None, one file, or {kV: file}."""
+    if not values:
+        return None
+    pairs = [v.partition("=") for v in values]
+    if len(values) == 1 and not pairs[0][1]:
+        return values[0]
+    if any(not sep for _, sep, _ in pairs):
+        raise EBSDInputError("give one FILE, or KV=FILE for every file", None, "--master-pattern")
+    out = {}
+    for kv, _, path in pairs:
+        try:
+            key = float(kv)
+        except ValueError:
+            raise EBSDInputError(
+                f"{kv!r} is not a voltage in kV (expected KV=FILE)", None, "--master-pattern"
+            ) from None
+        if key in out:
+            raise EBSDInputError(f"two files for {key:g} kV", None, "--master-pattern")
+        out[key] = path
+    return out
+
+
 def run(args) -> int:
     for option in ("density", "val_density", "test_density", "max_train", "max_val", "max_test", "batch_size"):
         _positive(getattr(args, option), "--" + option.replace("_", "-"))
@@ -149,9 +196,10 @@ def run(args) -> int:
         n_test=args.test_density,
         train_orientations=args.angles,
         max_per_split={"train": args.max_train, "val": args.max_val, "test": args.max_test},
-        master_pattern=args.master_pattern,
+        master_pattern=_master_patterns(args.master_pattern),
         voltages=args.kv,
         source=args.source,
+        allow_mixed_sources=args.allow_mixed_sources,
         detector={
             "shape": tuple(args.detector_shape),
             "pc": tuple(args.pc),
@@ -165,6 +213,11 @@ def run(args) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        **(
+            {}
+            if args.master_half_size is None
+            else {"kinematical_half_size": args.master_half_size, "ebsdsim_half_size": args.master_half_size}
+        ),
     )
     counts = {s: v["n_patterns"] for s, v in summary["splits"].items()}
     print(

@@ -44,8 +44,9 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: ``source`` values: "auto" = EMsoft dynamical where a master pattern exists (a given file, or the embedded Ni 20 kV
-#: one when every voltage is 20 kV), otherwise kinematical for *all* voltages.
-SOURCES = ("auto", "emsoft", "kinematical")
+#: one when every voltage is 20 kV), otherwise kinematical for *all* voltages; "ebsdsim" = dynamical master patterns
+#: simulated at each voltage by the optional ``ebsdsim`` package (needs a Vulkan / WebGPU device).
+SOURCES = ("auto", "emsoft", "kinematical", "ebsdsim")
 _PACKAGES = ("kikuchipy", "orix", "diffsims", "numpy", "h5py", "scipy", "numba", "tqdm")
 #: Cubochoric grids hold about this many orientations per semi-edge step cubed (EMsoft: N = 100 -> 333,227).
 _CUBOCHORIC_DENSITY = 0.333227
@@ -68,7 +69,9 @@ def _voltages(energy_kv, voltages) -> list[float]:
     return [float(x) for x in v]
 
 
-def resolve_sources(voltages, master_pattern=None, source: str = "auto") -> list[tuple[float, str, object]]:
+def resolve_sources(
+    voltages, master_pattern=None, source: str = "auto", allow_mixed: bool = False
+) -> list[tuple[float, str, object]]:
     """Decide the master-pattern source of every voltage, before anything is loaded.
 
     Parameters
@@ -76,38 +79,61 @@ def resolve_sources(voltages, master_pattern=None, source: str = "auto") -> list
     voltages
         Voltages in kV.
     master_pattern
-        ``None``, one EMsoft master-pattern file (used at every voltage: it must hold each energy), or a dict
-        ``{kV: file}``.
+        ``None``, one EMsoft master-pattern file (used at every voltage: it must hold each energy, e.g. a file with
+        several energy bins), or a dict ``{kV: file}`` (one file per voltage).
     source
-        "auto", "emsoft" or "kinematical" (see :data:`SOURCES`).
+        "auto", "emsoft", "kinematical" or "ebsdsim" (see :data:`SOURCES`).
+    allow_mixed
+        Allow different kinds at different voltages (e.g. EMsoft files for some voltages, kinematical for the rest;
+        with "auto" and no file, the embedded EMsoft pattern at 20 kV and kinematical elsewhere). Off by default:
+        a model trained on mixed sources learns the difference between simulators as a voltage effect.
 
     Returns
     -------
     list
         ``(kV, kind, file)`` per voltage: kind "emsoft-dynamical" (file ``None`` = the embedded Ni 20 kV master
-        pattern) or "kinematical" (file ``None``). All voltages get the same kind.
+        pattern), "kinematical" or "ebsdsim-dynamical" (file ``None``: simulated). Without ``allow_mixed`` all
+        voltages get the same kind.
+
+    Raises
+    ------
+    EBSDInputError
+        Unknown source, a file with source "kinematical" / "ebsdsim", voltages without a file (unless mixing is
+        allowed), or no EMsoft master pattern for a voltage with source "emsoft".
     """
     if source not in SOURCES:
         raise EBSDInputError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}", None, "source")
-    if isinstance(master_pattern, dict):
-        files = {}
-        for kv, path in master_pattern.items():
-            files[round(float(check_voltage_kv(kv, path, "master_pattern voltage")), 6)] = path
-        missing = [v for v in voltages if round(v, 6) not in files]
-        if missing:
-            raise EBSDInputError(
-                f"no master-pattern file for {', '.join(f'{v:g}' for v in missing)} kV", None, "master_pattern"
-            )
-        per_kv = {v: files[round(v, 6)] for v in voltages}
-    else:
-        per_kv = {v: master_pattern for v in voltages}
-    given = any(p is not None for p in per_kv.values())
-    if source == "kinematical":
+    per_kv = _files_per_voltage(voltages, master_pattern, allow_mixed)
+    given = {v for v, p in per_kv.items() if p is not None}
+    if source in ("kinematical", "ebsdsim"):
         if given:
-            raise EBSDInputError("a master-pattern file was given with source='kinematical'", None, "source")
-        return [(v, "kinematical", None) for v in voltages]
-    if given or all(abs(v - 20.0) < 1e-6 for v in voltages):
+            raise EBSDInputError(f"a master-pattern file was given with source={source!r}", None, "source")
+        kind = "kinematical" if source == "kinematical" else "ebsdsim-dynamical"
+        return [(v, kind, None) for v in voltages]
+    embedded_ok = [v for v in voltages if abs(v - 20.0) < 1e-6]
+    if len(given) == len(voltages) or (not given and len(embedded_ok) == len(voltages)):
         return [(v, "emsoft-dynamical", per_kv[v]) for v in voltages]
+    if allow_mixed:
+        plan = []
+        for v in voltages:
+            if v in given or abs(v - 20.0) < 1e-6:
+                plan.append((v, "emsoft-dynamical", per_kv[v]))
+            elif source == "emsoft":
+                raise EBSDInputError(f"no EMsoft master pattern for {v:g} kV", None, "master_pattern")
+            else:
+                plan.append((v, "kinematical", None))
+        kinds = sorted({k for _, k, _ in plan})
+        if len(kinds) > 1:
+            logger.warning("mixing master-pattern sources (allowed explicitly): %s", ", ".join(kinds))
+        return plan
+    if given:  # some voltages have files, others not: refuse rather than fill them in silently
+        missing = [v for v in voltages if v not in given]
+        raise EBSDInputError(
+            f"no master-pattern file for {', '.join(f'{v:g}' for v in missing)} kV (filling them in from another "
+            "source would mix sources; allow that explicitly with allow_mixed / --allow-mixed-sources)",
+            None,
+            "master_pattern",
+        )
     if source == "emsoft":
         raise EBSDInputError(
             "the embedded EMsoft master pattern is Ni 20 kV only; give a master-pattern file for "
@@ -122,11 +148,42 @@ def resolve_sources(voltages, master_pattern=None, source: str = "auto") -> list
     return [(v, "kinematical", None) for v in voltages]
 
 
+def _files_per_voltage(voltages, master_pattern, allow_mixed: bool) -> dict:
+    """{kV: file or None} from one file (every voltage) or a {kV: file} dict (checked against the voltages)."""
+    if not isinstance(master_pattern, dict):
+        return {v: master_pattern for v in voltages}
+    files = {}
+    for kv, path in master_pattern.items():
+        files[round(float(check_voltage_kv(kv, path, "master_pattern voltage")), 6)] = path
+    missing = [v for v in voltages if files.get(round(v, 6)) is None]
+    if missing and not allow_mixed:
+        hint = (
+            ""
+            if len(missing) == len(voltages)
+            else (" (another source for them would mix sources; allow that with allow_mixed / --allow-mixed-sources)")
+        )
+        raise EBSDInputError(
+            f"no master-pattern file for {', '.join(f'{v:g}' for v in missing)} kV{hint}", None, "master_pattern"
+        )
+    extra = sorted(set(files) - {round(v, 6) for v in voltages})
+    if extra:
+        raise EBSDInputError(
+            f"master-pattern files for {', '.join(f'{v:g}' for v in extra)} kV, which are not among the voltages",
+            None,
+            "master_pattern",
+        )
+    return {v: files.get(round(v, 6)) for v in voltages}
+
+
 def _load_source(kv: float, kind: str, path, half_size: int, progress: bool):
     from ebsd_keras.data.simulate import kinematical_master_pattern, load_master_pattern
 
     if kind == "kinematical":
         return kinematical_master_pattern(kv, half_size=half_size, progress=progress)
+    if kind == "ebsdsim-dynamical":
+        from ebsd_keras.data.simulate import ebsdsim_master_pattern
+
+        return ebsdsim_master_pattern(kv, half_size=half_size, progress=progress)
     return load_master_pattern(path, kv)
 
 
@@ -238,6 +295,7 @@ def build_dataset(
     energy_kv: float = 20.0,
     voltages=None,
     source: str = "auto",
+    allow_mixed_sources: bool = False,
     detector: dict | None = None,
     clahe: CLAHEConfig | None = DEFAULT_CLAHE,
     seed: int = 0,
@@ -245,6 +303,7 @@ def build_dataset(
     overwrite: bool = False,
     progress: bool = True,
     kinematical_half_size: int = 200,
+    ebsdsim_half_size: int = 60,
     shared_tol_deg: float = 1e-4,
 ) -> dict:
     """Build ``train.h5``, ``val.h5``, ``test.h5`` and ``dataset.json`` in ``out_dir``.
@@ -271,7 +330,9 @@ def build_dataset(
     voltages
         Several voltages in kV: the orientation list of each split is repeated once per voltage, in this order.
     source
-        "auto" (default), "emsoft" or "kinematical": see :func:`resolve_sources`.
+        "auto" (default), "emsoft", "kinematical" or "ebsdsim": see :func:`resolve_sources`.
+    allow_mixed_sources
+        Allow different master-pattern kinds at different voltages (recorded per voltage; off by default).
     detector
         Keyword arguments of :func:`ebsd_keras.data.simulate.make_detector`: ``shape`` (rows, cols), ``pc`` Bruker
         (PCx, PCy, PCz), ``tilt_deg``, ``sample_tilt_deg``, ``px_size_um``, ``binning``. Default 60 x 60,
@@ -286,6 +347,8 @@ def build_dataset(
         Replace an existing ``out_dir`` (only once the new one is complete).
     progress
         Show progress bars.
+    ebsdsim_half_size
+        Lambert half side of ebsdsim master patterns (60 -> 121 x 121, minutes per voltage on a CPU).
     kinematical_half_size
         Half side of kinematical master patterns, pixels.
     shared_tol_deg
@@ -308,7 +371,7 @@ def build_dataset(
 
     t0 = time.perf_counter()
     volts = _voltages(energy_kv, voltages)
-    plan = resolve_sources(volts, master_pattern, source)
+    plan = resolve_sources(volts, master_pattern, source, allow_mixed=allow_mixed_sources)
     det_kwargs = dict(DEFAULT_DETECTOR)
     det_kwargs.update(detector or {})
     unknown = set(det_kwargs) - set(DEFAULT_DETECTOR)
@@ -334,10 +397,17 @@ def build_dataset(
         splits_meta = {}
         timing = {"projection_and_writing_s": {}}
         # All master patterns first (a few MB each): every file's metadata then names its sources.
-        masters = [_load_source(kv, kind, path, kinematical_half_size, progress=False) for kv, kind, path in plan]
+        masters = [
+            _load_source(
+                kv, kind, path, ebsdsim_half_size if kind == "ebsdsim-dynamical" else kinematical_half_size, False
+            )
+            for kv, kind, path in plan
+        ]
         sources = [_source_record(master_pattern_source(mp)) for mp in masters]
-        if len({src["kind"] for src in sources}) != 1:  # resolve_sources makes this impossible; keep it so
+        kinds = sorted({src["kind"] for src in sources})
+        if len(kinds) != 1 and not allow_mixed_sources:  # resolve_sources makes this impossible; keep it so
             raise EBSDInputError(f"mixed master-pattern sources: {[src['kind'] for src in sources]}")
+        source_kind = kinds[0] if len(kinds) == 1 else "mixed"
         first = master_pattern_source(masters[0])
         layout = "voltage blocks over one orientation list" if n_volt > 1 else "single voltage"
         with contextlib.ExitStack() as stack:
@@ -352,7 +422,7 @@ def build_dataset(
                 meta = {
                     "split": split,
                     "preprocessing": preprocessing,
-                    "source": {"kind": sources[0]["kind"], "per_voltage": sources},
+                    "source": {"kind": source_kind, "per_voltage": sources},
                     "sampling": sampling[split],
                     "detector": det_dict,
                     "voltages_kv": volts,
@@ -403,7 +473,7 @@ def build_dataset(
             if n_volt > 1
             else "single voltage (NML energymax)",
             "sources": sources,
-            "source_kind": sources[0]["kind"],
+            "source_kind": source_kind,
             "detector": det_dict,
             "pattern_shape": [int(s) for s in det.shape],
             "preprocessing": preprocessing,

@@ -41,6 +41,7 @@ __all__ = [
     "embedded_master_pattern_path",
     "load_master_pattern",
     "kinematical_master_pattern",
+    "ebsdsim_master_pattern",
     "master_pattern_source",
     "make_detector",
     "detector_to_dict",
@@ -94,7 +95,7 @@ def master_pattern_source(master_pattern) -> dict:
     Returns
     -------
     dict
-        ``kind`` ("emsoft-dynamical" or "kinematical"), ``file``, ``energy_kv``, ``space_group``,
+        ``kind`` ("emsoft-dynamical", "kinematical" or "ebsdsim-dynamical"), ``file``, ``energy_kv``, ``space_group``,
         ``lattice_parameters_nm``, ``crystal`` (for the EMsoft writer) and source-specific details.
 
     Raises
@@ -244,6 +245,93 @@ def kinematical_master_pattern(energy_kv: float, half_size: int = 200, progress:
             "half_size": int(half_size),
             "reflectors": [list(r) for r in NICKEL_REFLECTORS],
             "scaling": "linear",
+            "space_group": 225,
+            "lattice_parameters_nm": [NICKEL_LATTICE_ANGSTROM / 10] * 3 + [90.0] * 3,
+            "crystal": NICKEL_CRYSTAL,
+        },
+    )
+    return mp
+
+
+def ebsdsim_master_pattern(energy_kv: float, half_size: int = 60, progress: bool = False, **options):
+    """Dynamical Ni master pattern at one voltage from the optional ``ebsdsim`` package (Bloch-wave + Monte Carlo).
+
+    ``ebsdsim`` (``pip install ebsdsim``, MIT) runs on WebGPU: a GPU, or on a machine without one a Vulkan software
+    driver (Debian ``mesa-vulkan-drivers``). Ni is built as EMsoft's Ni.xtal (fcc, a = 3.5236 Angstrom, space group
+    225), sample tilt 70 deg; the energy-integrated (Monte-Carlo weighted) pattern is used, as EMsoft's EMEBSD does.
+
+    Parameters
+    ----------
+    energy_kv
+        Accelerating voltage, kV.
+    half_size
+        Lambert half side (``halfw``): (2 half_size + 1)^2 pixels per hemisphere (60 -> 121 x 121, minutes on a CPU).
+    progress
+        ebsdsim's own progress output.
+    **options
+        Passed to ``ebsdsim.master_pattern`` (e.g. ``dmin``, ``sigma_deg``).
+
+    Returns
+    -------
+    kikuchipy.signals.EBSDMasterPattern
+        Square Lambert, both hemispheres, float32 (2, S, S), source ``"ebsdsim-dynamical"``.
+
+    Raises
+    ------
+    EBSDInputError
+        ebsdsim is not installed or finds no usable (Vulkan / WebGPU) device.
+    """
+    import kikuchipy as kp
+
+    from ebsd_keras.io.emsoft import NICKEL_CRYSTAL
+
+    energy = float(check_voltage_kv(energy_kv, None, "energy_kv"))
+    try:
+        import ebsdsim
+    except ImportError:
+        raise EBSDInputError(
+            "the ebsdsim source needs the optional 'ebsdsim' package (pip install ebsdsim) and a Vulkan/WebGPU "
+            "device (on a CPU-only machine: apt-get install mesa-vulkan-drivers)",
+            None,
+            "source",
+        ) from None
+    a = NICKEL_LATTICE_ANGSTROM
+    material = ebsdsim.Material(
+        cell=ebsdsim.Cell(a, a, a, 90.0, 90.0, 90.0, space_group=225),
+        atoms=[ebsdsim.Atom("Ni", 0.0, 0.0, 0.0)],
+        name="Ni",
+    )
+    kwargs = {"sigma_deg": 70.0, "verbosity": 1 if progress else 0, **options}
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+    try:
+        with quiet:
+            result = ebsdsim.master_pattern(material, voltage_kv=energy, halfw=int(half_size), **kwargs)
+    except Exception as exc:  # wgpu raises its own types when no adapter / device exists
+        raise EBSDInputError(
+            f"ebsdsim could not simulate {energy:g} kV ({type(exc).__name__}: {exc}); it needs a Vulkan/WebGPU device "
+            "(CPU-only: apt-get install mesa-vulkan-drivers)",
+            None,
+            "source",
+        ) from None
+    data = np.asarray(result.data, dtype=np.float32)  # (E, S, H, side, side); index 0 = energy/site integrated
+    hemis = data[0, 0]
+    if hemis.shape[0] == 1:  # centrosymmetric crystals: ebsdsim stores the north only
+        hemis = np.concatenate([hemis, hemis])
+    mp = kp.signals.EBSDMasterPattern(
+        hemis,
+        phase=_nickel_phase(),
+        hemisphere="both",
+        projection="lambert",
+    )
+    _set_source(
+        mp,
+        {
+            "kind": "ebsdsim-dynamical",
+            "file": None,
+            "energy_kv": energy,
+            "half_size": int(half_size),
+            "program": f"ebsdsim {getattr(ebsdsim, '__version__', '?')}",
+            "options": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
             "space_group": 225,
             "lattice_parameters_nm": [NICKEL_LATTICE_ANGSTROM / 10] * 3 + [90.0] * 3,
             "crystal": NICKEL_CRYSTAL,

@@ -202,4 +202,54 @@ def test_resolve_sources_never_mixes():
     assert files == [(10.0, "emsoft-dynamical", "a.h5"), (20.0, "emsoft-dynamical", "b.h5")]
     with pytest.raises(EBSDInputError):
         resolve_sources([20.0], "a.h5", source="kinematical")
-    assert build_mod.SOURCES == ("auto", "emsoft", "kinematical")
+    assert build_mod.SOURCES == ("auto", "emsoft", "kinematical", "ebsdsim")
+
+
+def test_sources_per_voltage_are_refused_when_mixed_unless_allowed():
+    # a file for only some voltages would mix EMsoft dynamical with kinematical: refused, naming the option
+    with pytest.raises(EBSDInputError, match="no master-pattern file for 20 kV"):
+        resolve_sources([10.0, 20.0], {10: "a.h5"})
+    with pytest.raises(EBSDInputError, match="not among the voltages"):
+        resolve_sources([10.0], {10: "a.h5", 30: "c.h5"})
+    mixed = resolve_sources([10.0, 20.0, 30.0], {10: "a.h5"}, allow_mixed=True)
+    assert mixed == [(10.0, "emsoft-dynamical", "a.h5"), (20.0, "emsoft-dynamical", None), (30.0, "kinematical", None)]
+    # without files, auto never mixes (all kinematical); with mixing allowed, the embedded 20 kV pattern is used
+    assert [k for _, k, _ in resolve_sources([10.0, 20.0])] == ["kinematical"] * 2
+    assert [k for _, k, _ in resolve_sources([10.0, 20.0], allow_mixed=True)] == ["kinematical", "emsoft-dynamical"]
+    with pytest.raises(EBSDInputError, match="no EMsoft master pattern for 10 kV"):
+        resolve_sources([10.0, 20.0], source="emsoft", allow_mixed=True)
+    assert resolve_sources([10.0, 25.0], source="ebsdsim") == [(10.0, "ebsdsim-dynamical", None),
+                                                               (25.0, "ebsdsim-dynamical", None)]  # fmt: skip
+    with pytest.raises(EBSDInputError, match="source='ebsdsim'"):
+        resolve_sources([10.0], "a.h5", source="ebsdsim")
+
+
+def test_mixed_build_records_each_voltage_source(tmp_path):
+    summary = build_dataset(
+        tmp_path / "mixed", **{**TINY, "voltages": [20.0, 30.0]}, allow_mixed_sources=True, kinematical_half_size=40
+    )
+    assert summary["source_kind"] == "mixed"
+    assert [(s["energy_kv"], s["kind"]) for s in summary["sources"]] == [
+        (20.0, "emsoft-dynamical"),
+        (30.0, "kinematical"),
+    ]
+    with h5py.File(tmp_path / "mixed" / "test.h5") as f:
+        meta = json.loads(f["ebsd_keras"].attrs["metadata"])
+    assert meta["source"]["kind"] == "mixed" and len(meta["source"]["per_voltage"]) == 2
+
+
+def test_ebsdsim_source_without_the_package_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from ebsd_keras.data.simulate import ebsdsim_master_pattern
+
+    real_import = builtins.__import__
+
+    def no_ebsdsim(name, *args, **kwargs):
+        if name == "ebsdsim" or name.startswith("ebsdsim."):
+            raise ImportError("No module named 'ebsdsim'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ebsdsim)
+    with pytest.raises(EBSDInputError, match="pip install ebsdsim"):
+        ebsdsim_master_pattern(20.0)
