@@ -120,7 +120,9 @@ class CVAEGAN(keras.Model):
         global seed (``keras.utils.set_random_seed``).
 
     Batches are dicts with ``"pattern"`` (B, H, W, 1) in [0, 1], ``"quaternion"`` (B, 4) and, for voltage models,
-    ``"voltage_kv"`` (B,) in kV; other keys are ignored.
+    ``"voltage_kv"`` (B,) in kV; other keys are ignored. An optional per-pattern Bruker pattern centre ``"pc"``
+    (B, 3) is passed to decoders that project with one (:attr:`takes_pattern_centre`: the physics decoder) and
+    ignored by the others (the CNN decoders have one fixed detector; :meth:`generate` refuses a ``"pc"`` for them).
     """
 
     def __init__(self, encoder=None, decoder=None, critic=None, config=None, seed=None, **kwargs):
@@ -282,6 +284,13 @@ class CVAEGAN(keras.Model):
         return ["loss", *_CVAE_METRICS, *generator, *critic]
 
     @property
+    def takes_pattern_centre(self) -> bool:
+        """Whether the decoder generates at a per-pattern pattern centre ``"pc"`` (the physics decoder does)."""
+        return isinstance(self.decoder, _physics.PhysicsDecoder) or bool(
+            getattr(self.decoder, "accepts_pattern_centre", False)
+        )
+
+    @property
     def input_keys(self) -> tuple:
         """The batch entries the model reads; others (euler, source, index, ...) are dropped by fit/evaluate."""
         return ("pattern", "quaternion", "voltage_kv") if self.model_config.use_voltage else ("pattern", "quaternion")
@@ -297,8 +306,10 @@ class CVAEGAN(keras.Model):
             missing = [k for k in self.input_keys if k not in data.element_spec]
             if missing:
                 raise ValueError(f"dataset elements lack {missing}; the model needs {list(self.input_keys)}")
-            if set(data.element_spec) != set(self.input_keys):
-                keys = self.input_keys
+            keys = self.input_keys
+            if "pc" in data.element_spec and self.takes_pattern_centre:
+                keys = (*keys, "pc")
+            if set(data.element_spec) != set(keys):
                 return data.map(lambda d: {k: d[k] for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
         return data
 
@@ -326,21 +337,35 @@ class CVAEGAN(keras.Model):
             if data.get("voltage_kv") is None:
                 raise ValueError("this model uses the accelerating voltage: batches need 'voltage_kv' (B,) in kV")
             attrs["voltage_kv"] = ops.reshape(ops.cast(data["voltage_kv"], "float32"), (-1,))
+        if data.get("pc") is not None and self.takes_pattern_centre:
+            attrs["pc"] = ops.reshape(ops.cast(data["pc"], "float32"), (-1, 3))
         return x, attrs
+
+    def _encoder_inputs(self, x, attrs):
+        # the encoder conditions on orientation (and voltage) only; the pattern centre goes to the decoder
+        return {"pattern": x, **{k: v for k, v in attrs.items() if k != "pc"}}
 
     def encode(self, inputs, training=False):
         """(mu, logvar) of a batch dict."""
         x, attrs = self._split_batch(inputs)
-        return self.encoder({"pattern": x, **attrs}, training=training)
+        return self.encoder(self._encoder_inputs(x, attrs), training=training)
 
     def call(self, inputs, training=False):
         """Deterministic reconstruction (z = mu) in [0, 1] of a batch dict with pattern and attributes."""
         x, attrs = self._split_batch(inputs)
-        mu, _ = self.encoder({"pattern": x, **attrs}, training=training)
+        mu, _ = self.encoder(self._encoder_inputs(x, attrs), training=training)
         return ops.sigmoid(self.decoder({"z": mu, **attrs}, training=training))
 
     def generate(self, attributes: dict, z=None, sample: bool = False, seed=None):
-        """Patterns in [0, 1] for attributes; see :meth:`ebsd_keras.models.decoders.BaseDecoder.generate`."""
+        """Patterns in [0, 1] for attributes; see :meth:`ebsd_keras.models.decoders.BaseDecoder.generate`.
+
+        ``attributes`` may hold a per-pattern Bruker pattern centre ``"pc"`` (B, 3) when
+        :attr:`takes_pattern_centre`; other decoders raise ``ValueError`` rather than ignore it.
+        """
+        if attributes.get("pc") is not None and not self.takes_pattern_centre:
+            raise ValueError(
+                f"the {type(self.decoder).__name__} generates for one fixed detector; it cannot take a pattern centre"
+            )
         return self.decoder.generate(attributes, z=z, sample=sample, seed=seed)
 
     def get_config(self):
@@ -397,7 +422,7 @@ class CVAEGAN(keras.Model):
     # ------------------------------------------------------------------------------------------------------------
     def _cvae_terms(self, x, attrs, training):
         w = self.loss_weights
-        mu, logvar = self.encoder({"pattern": x, **attrs}, training=training)
+        mu, logvar = self.encoder(self._encoder_inputs(x, attrs), training=training)
         z = mu + ops.exp(0.5 * logvar) * self._normal(ops.shape(mu))  # reparameterisation
         logits = self.decoder({"z": z, **attrs}, training=training)
         kl = ops.mean(kl_divergence(mu, logvar))  # (6), summed over latent dims, batch mean

@@ -430,3 +430,35 @@ def test_mirrored_strategy_two_logical_cpus(mirrored_process):
     assert all(np.isfinite(v) for v in out["gan_logs"].values())
     assert out["critic_iterations"] == 2 and out["generator_iterations"] == 2  # fresh optimizers at compile
     assert out["max_abs_critic_weight"] <= 0.01 + 1e-7
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pattern centre as an optional attribute
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_pattern_centre_reaches_the_physics_decoder_and_a_cnn_model_refuses_it(shared_model):
+    b = make_batch(4)
+    other_pc = np.tile(np.array([[0.45, 0.55, 0.65]], "float32"), (4, 1))
+    assert not shared_model.takes_pattern_centre
+    with pytest.raises(ValueError, match="pattern centre"):
+        shared_model.generate({"quaternion": b["quaternion"], "voltage_kv": b["voltage_kv"], "pc": other_pc})
+    _, cnn_attrs = shared_model._split_batch({**b, "pc": other_pc})
+    assert "pc" not in cnn_attrs  # fixed-detector decoders never see it
+    physics = CVAEGAN(config=get_preset("physics", physics_npx=16, physics_residual=(0, 0)), seed=0)
+    assert physics.takes_pattern_centre
+    q = {"quaternion": b["quaternion"]}
+    default = ops.convert_to_numpy(physics.generate(q))
+    same = ops.convert_to_numpy(physics.generate({**q, "pc": np.tile([[0.5, 0.5, 0.6]], (4, 1)).astype("float32")}))
+    moved = ops.convert_to_numpy(physics.generate({**q, "pc": other_pc}))
+    # the training PC given explicitly = the default detector, up to float32 rounding of the pixel directions
+    # (which moves a few pixels across an 8-bit level before CLAHE)
+    assert np.abs(same - default).mean() < 1e-3 and np.abs(same - default).max() < 0.05
+    assert np.abs(moved - default).mean() > 0.05
+    # batches: "pc" goes to the decoder (reconstructions move), not to the encoder; tf.data keeps it
+    recon_default = ops.convert_to_numpy(physics(b))
+    recon_moved = ops.convert_to_numpy(physics({**b, "pc": other_pc}))
+    assert np.abs(recon_moved - recon_default).mean() > 0.05
+    ds = tf.data.Dataset.from_tensor_slices({**b, "pc": other_pc}).batch(4)
+    assert "pc" in physics._model_inputs(ds).element_spec
+    assert "pc" not in shared_model._model_inputs(ds).element_spec
