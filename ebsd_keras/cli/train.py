@@ -40,6 +40,9 @@ examples:
   ebsd-keras train --data tfrecords/ni20kv --phase critic --init-from runs/cvae/model.keras -o runs/critic
   ebsd-keras train --data tfrecords/ni20kv --phase gan --init-from runs/critic/model.keras -o runs/gan --n-critic 5
   ebsd-keras train --config runs/gan/config.json --epochs 40        (continue/redo with recorded settings)
+  TF_CONFIG='{"cluster": {"worker": ["node0:12345", "node1:12345"]}, "task": {"type": "worker", "index": 0}}' \
+    ebsd-keras train --distributed --data gs://bucket/ni20-tfr -o gs://bucket/runs/cvae --batch-size 256
+                                                      (on every node, with its own task index)
 """
 
 _KV_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
@@ -71,8 +74,11 @@ def register(subparsers) -> None:
     a("--critic-lr", dest="critic_learning_rate", type=float, metavar="LR", help="critic Adam learning rate")
     a("--beta-1", dest="beta_1", type=float, metavar="B", help="Adam beta_1 (default 0.5)")
     a("--n-critic", type=int, metavar="N", help="critic updates per generator update, gan phase (default 5)")
-    a("--lipschitz", choices=("clip", "gp"),
-      help="critic Lipschitz constraint: clip (default for --preset paper) or gp (gradient penalty, otherwise)")
+    a(
+        "--lipschitz",
+        choices=("clip", "gp"),
+        help="critic Lipschitz constraint: clip (default for --preset paper) or gp (gradient penalty, otherwise)",
+    )
     a("--clip-value", type=float, metavar="C", help="weight clipping bound c (default 0.01)")
     a("--loss-weight", action="append", default=[], metavar="NAME=VALUE",
       help="override one loss weight (kl, reconstruction, orientation, voltage, adversarial_generator, "
@@ -90,6 +96,10 @@ def register(subparsers) -> None:
     a("--update-freq", dest="tensorboard_update_freq", metavar="N|epoch", help="TensorBoard scalar frequency")
     a("--no-resume", dest="resume", action="store_const", const=False, default=None,
       help="do not resume an interrupted run in OUT: start over, replacing its files")  # fmt: skip
+    a("--distributed", action="store_const", const=True, default=None,
+      help="multi-worker data-parallel training (tf.distribute.MultiWorkerMirroredStrategy) configured by the "
+           "TF_CONFIG environment variable; run the same command on every worker; --batch-size is the global "
+           "batch; only the chief writes OUT (README: Running on a cluster)")  # fmt: skip
     a("-q", "--quiet", action="store_true", help="no progress bar (one line per epoch)")
     p.set_defaults(func=run)
 
@@ -98,7 +108,7 @@ _OVERRIDES = (
     "data_dir", "phase", "output_dir", "preset", "init_from", "epochs", "steps_per_epoch", "validation_steps",
     "batch_size", "learning_rate", "critic_learning_rate", "beta_1", "n_critic", "lipschitz", "clip_value", "seed",
     "jit_compile", "mixed_precision", "voltages", "exclude_voltages", "cache", "image_every_steps",
-    "tensorboard_update_freq", "resume",
+    "tensorboard_update_freq", "resume", "distributed",
 )  # fmt: skip
 
 
@@ -151,6 +161,8 @@ def run(args) -> int:
 
     config = config_from_args(args)
     summary = train(config, verbose=2 if args.quiet else "auto")
+    if not summary.get("chief", True):
+        return 0 if summary["status"] == "finished" else 1  # the chief reports (and writes OUT)
     best = summary["best"]
     rate = summary["patterns_per_s"]
     best_txt = (

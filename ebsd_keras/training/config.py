@@ -148,6 +148,10 @@ class TrainConfig:
         Cache the training split's serialised records in memory after the first pass.
     resume
         Continue an interrupted run found in ``output_dir`` (its backup/); False starts over, replacing its outputs.
+    distributed
+        Multi-worker data-parallel training (``tf.distribute.MultiWorkerMirroredStrategy`` configured by the
+        ``TF_CONFIG`` environment variable, :mod:`ebsd_keras.training.distribute`); ``batch_size`` is then the
+        global batch, split evenly over all replicas.
     """
 
     data_dir: str = ""
@@ -178,6 +182,7 @@ class TrainConfig:
     exclude_voltages: list | None = None
     cache: bool = False
     resume: bool = True
+    distributed: bool = False
 
     # ------------------------------------------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
@@ -218,6 +223,7 @@ class TrainConfig:
             "mixed_precision",
             f"True, False or one of {MIXED_PRECISION_POLICIES}, got {self.mixed_precision!r}",
         )
+        need(isinstance(self.distributed, bool), "distributed", f"must be true or false, got {self.distributed!r}")
         need(_is_int(self.image_every_steps) and self.image_every_steps >= 0, "image_every_steps", "must be >= 0")
         f = self.tensorboard_update_freq
         need(f in ("epoch", "batch") or (_is_int(f) and f >= 1), "tensorboard_update_freq", "'epoch' or steps >= 1")

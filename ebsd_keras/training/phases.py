@@ -32,6 +32,7 @@ run (tests/training/test_resume.py kills a run with SIGKILL to check this).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -56,6 +57,7 @@ from ebsd_keras.training.callbacks import (
     restore_backup,
 )
 from ebsd_keras.training.config import BEST_METRIC, RESUME_MUTABLE, TrainConfig
+from ebsd_keras.training.distribute import check_shards, make_strategy, worker_output_dir, worker_role
 
 __all__ = ["train", "OUTPUT_FILES"]
 
@@ -67,7 +69,7 @@ _BATCH_KEYS = ("pattern", "quaternion", "voltage_kv")
 _GRID_SIZE = 8
 
 
-def train(config: TrainConfig, verbose="auto", callbacks=None) -> dict:
+def train(config: TrainConfig, verbose="auto", callbacks=None, strategy=None) -> dict:
     """Train one phase and write the run's files (see the module docstring).
 
     Parameters
@@ -78,6 +80,10 @@ def train(config: TrainConfig, verbose="auto", callbacks=None) -> dict:
         ``fit``'s verbosity (progress bar: "auto" / 1; 2 one line per epoch; 0 silent).
     callbacks
         Extra Keras callbacks (appended after ours).
+    strategy
+        A ``tf.distribute`` strategy to train under (e.g. ``MirroredStrategy`` over local devices). None: with
+        ``config.distributed`` a ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG``
+        (:mod:`ebsd_keras.training.distribute`; only the chief writes ``output_dir``), else the default strategy.
 
     Returns
     -------
@@ -100,14 +106,28 @@ def train(config: TrainConfig, verbose="auto", callbacks=None) -> dict:
     """
     t_start = time.perf_counter()
     config.validate()
+    # The multi-worker strategy must exist before the process runs any TensorFlow op.
+    if strategy is None and config.distributed:
+        strategy, role = make_strategy()
+    else:
+        role = worker_role(strategy)
     import keras
     import tensorflow as tf
 
     from ebsd_keras.data.pipeline import dataset_size
-    from ebsd_keras.io.tfrecord import read_metadata
+    from ebsd_keras.io.tfrecord import read_metadata, shard_paths
 
     meta = read_metadata(config.data_dir)  # fail on a bad dataset before writing or building anything
-    out = Path(config.output_dir)
+    check_shards(len(shard_paths(config.data_dir, "train", meta)), role, config.data_dir)
+    replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"TrainConfig field 'batch_size': the global batch {config.batch_size} must be a multiple of the "
+            f"{replicas} replicas"
+        )
+    if not role.is_chief:
+        verbose = 0
+    out = Path(worker_output_dir(config.output_dir, role))
     out.mkdir(parents=True, exist_ok=True)
     backup_dir = out / "backup"
     state = _prepare_output(config, out, backup_dir)
@@ -128,10 +148,15 @@ def train(config: TrainConfig, verbose="auto", callbacks=None) -> dict:
     if cfg.mixed_precision_policy:
         keras.mixed_precision.set_global_policy(cfg.mixed_precision_policy)
     try:
-        model = _build_model(cfg)
-        _compile(model, cfg)
-        if state is not None:
-            restore_backup(model, backup_dir, state)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model = _build_model(cfg)
+            _compile(model, cfg)
+            if state is not None:
+                restore_backup(model, backup_dir, state)
+        if strategy is not None:
+            _skip_symbolic_build(model)
+        if role.num_workers > 1:
+            _vector_logs(model)
 
         image_shape = tuple(model.model_config.image_shape)
         _check_shape(cfg, meta, image_shape)
@@ -185,12 +210,16 @@ def train(config: TrainConfig, verbose="auto", callbacks=None) -> dict:
         "patterns_per_s": throughput.patterns_per_s,
         "model_config": model.model_config.to_dict(),
         "init_from": cfg.init_from,
+        "workers": role.num_workers,
+        "chief": role.is_chief,
     }
     from ebsd_keras.training.callbacks import _atomic_json
 
     _atomic_json(out / "summary.json", summary)
     if status == "finished":
         EpochBackup.remove(backup_dir)
+        if not role.is_chief:
+            shutil.rmtree(out, ignore_errors=True)  # scratch copy of the chief's outputs
     return summary
 
 
@@ -337,6 +366,36 @@ def _build_model(cfg: TrainConfig):
     return CVAEGAN(
         encoder=loaded.encoder, decoder=loaded.decoder, critic=loaded.critic, config=loaded.model_config, seed=cfg.seed
     )
+
+
+def _skip_symbolic_build(model) -> None:
+    """Skip Keras's pre-fit symbolic build under a tf.distribute strategy (the model is already fully built).
+
+    Keras 3.15's TensorFlow trainer, under any strategy, takes one batch from the training iterator before the first
+    step (``_maybe_symbolic_build``) only to build unbuilt layers: that batch is lost to training (the data stream
+    would then differ from a single-process run's and from a resumed run's), and under MultiWorkerMirroredStrategy
+    the call fails (``strategy.reduce`` of a dict batch). The CVAEGAN builds its networks and both optimizers' slots
+    in ``__init__`` / ``compile``, so there is nothing left to build.
+    """
+    if all(layer.built for layer in model._flatten_layers()):
+        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def _vector_logs(model) -> None:
+    """Make train/test steps return each metric as shape (1,) instead of a scalar (multi-worker runs only).
+
+    Keras 3's TensorFlow trainer reduces step outputs under MultiWorkerMirroredStrategy with
+    ``strategy.reduce("MEAN", v, axis=0)``, which fails on scalars ("Invalid reduction dimension 0 for input with 0
+    dimensions", tensorflow/tensorflow#72388). With one element per replica the same call returns the mean over
+    replicas, a scalar, which is what single-device training logs.
+    """
+    from keras import ops
+
+    def vector(step):
+        return lambda data: {k: ops.reshape(v, (1,)) for k, v in step(data).items()}
+
+    model.train_step = vector(model.train_step)
+    model.test_step = vector(model.test_step)
 
 
 def _optimizer(learning_rate: float, cfg: TrainConfig):

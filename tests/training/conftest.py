@@ -28,8 +28,9 @@ def _patterns(rng, n, shape):
     return np.clip(255 * noisy / noisy.max(), 0, 255).astype(np.uint8)
 
 
-def make_tfrecord_dataset(tmp, shape=(60, 60), n_train=N_TRAIN, n_val=N_VAL, seed=0):
-    """Write train/val EMsoft files and convert them to TFRecords in ``tmp/rec``; return that directory."""
+def make_tfrecord_dataset(tmp, shape=(60, 60), n_train=N_TRAIN, n_val=N_VAL, seed=0, shard_size=16):
+    """Write train/val EMsoft files and convert them to TFRecords in ``tmp/rec`` (``shard_size`` records per shard
+    file); return that directory."""
     rng = np.random.default_rng(seed)
     n = n_train + n_val
     patterns = _patterns(rng, n, shape)
@@ -37,7 +38,7 @@ def make_tfrecord_dataset(tmp, shape=(60, 60), n_train=N_TRAIN, n_val=N_VAL, see
     write_emebsd(tmp / "train.h5", patterns[:n_train], euler[:n_train], voltage_kv=20.0)
     write_emebsd(tmp / "val.h5", patterns[n_train:], euler[n_train:], voltage_kv=20.0)
     out = tmp / "rec"
-    write_tfrecords([("train", tmp / "train.h5"), ("val", tmp / "val.h5")], out, shard_size=16, progress=False)
+    write_tfrecords([("train", tmp / "train.h5"), ("val", tmp / "val.h5")], out, shard_size=shard_size, progress=False)
     return out
 
 
