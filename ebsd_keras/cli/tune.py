@@ -91,11 +91,16 @@ def run(args) -> int:
     from ebsd_keras.tuning import search
 
     verbose = 0 if args.quiet else 2
+    search.check_distributed_env()
+    search.check_same_space(space, Path(args.output_dir), args.overwrite)
+    # Locally the baseline runs first (a search cut short still has its reference); a chief trains it after serving.
+    base = None
+    if args.baseline and not search.is_chief() and not search.is_worker():
+        base = search.run_baseline(space, args.data_dir, args.output_dir, verbose=verbose)
     project = args.project or f"{space.name}-{args.tuner}"
     if args.summary_only:
         if not (Path(args.output_dir) / project).is_dir():
             raise FileNotFoundError(f"{Path(args.output_dir) / project}: no such search project")
-        search.check_distributed_env()
         tuner = search.make_tuner(space, _hypermodel(space, args), args.tuner, args.output_dir, project,
                                   max_trials=args.max_trials)  # fmt: skip
     else:
@@ -108,7 +113,7 @@ def run(args) -> int:
         return 0
     rows = search.trial_rows(tuner)
     if args.baseline:
-        base = search.run_baseline(space, args.data_dir, args.output_dir, verbose=verbose)
+        base = base or search.run_baseline(space, args.data_dir, args.output_dir, verbose=verbose)
         rows.append({"trial_id": "default", "status": "BASELINE", "score": base["metrics"].get("val_fidelity"),
                      **base["metrics"], **base["values"]})  # fmt: skip
     paths = search.write_summary(rows, args.output_dir)

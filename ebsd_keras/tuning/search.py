@@ -28,7 +28,7 @@ from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.tuning.space import SearchSpace, default_values
 
 __all__ = ["TUNERS", "make_tuner", "run_search", "trial_rows", "write_summary", "export_best", "run_baseline",
-           "is_worker", "is_chief"]  # fmt: skip
+           "is_worker", "is_chief", "check_same_space", "check_distributed_env"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def make_tuner(space: SearchSpace, hypermodel, kind: str, directory, project_nam
     )  # fmt: skip
 
 
-def _check_same_space(space: SearchSpace, out: Path, overwrite: bool) -> None:
+def check_same_space(space: SearchSpace, out: Path, overwrite: bool) -> None:
     """Record the space on the first run; a rerun (resume) must use the same one."""
     from ebsd_keras._atomic import atomic_path
 
@@ -128,7 +128,7 @@ def run_search(space: SearchSpace, data_dir, output_dir, kind: str = "random", p
 
     check_distributed_env()
     out = Path(output_dir)
-    _check_same_space(space, out, overwrite)
+    check_same_space(space, out, overwrite)
     from ebsd_keras.tuning.hypermodel import CVAEGANHyperModel
 
     hypermodel = CVAEGANHyperModel(space, data_dir, verbose=verbose)
@@ -245,7 +245,8 @@ def export_best(tuner, space: SearchSpace, data_dir, output_dir) -> dict | None:
 def run_baseline(space: SearchSpace, data_dir, output_dir, verbose=0) -> dict:
     """Train the package defaults (:func:`default_values`) on the search's budget and measure the objective.
 
-    Resumable in the coarse sense: a finished baseline (``baseline/metrics.json``) is read back, not retrained.
+    Resumable in the coarse sense: a finished baseline (``baseline/metrics.json``) of the same space (budget,
+    objective) is read back, not retrained.
 
     Returns
     -------
@@ -259,7 +260,9 @@ def run_baseline(space: SearchSpace, data_dir, output_dir, verbose=0) -> dict:
 
     path = Path(output_dir) / "baseline" / "metrics.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        if saved.get("space") == space.to_dict():  # measured on this very budget and objective
+            return saved
     values = default_values(space.preset, space.trial)
     fixed = SearchSpace(**{**space.__dict__, "hyperparameters": {k: {"type": "fixed", "value": v}
                                                                  for k, v in values.items()}})  # fmt: skip
@@ -271,7 +274,7 @@ def run_baseline(space: SearchSpace, data_dir, output_dir, verbose=0) -> dict:
     scores = hist["val_fidelity"]
     best = min(range(len(scores)), key=lambda i: scores[i] if math.isfinite(scores[i]) else math.inf)
     metrics = {k: float(hist[k][best]) for k in METRIC_COLUMNS if k in hist}
-    info = {"values": values, "metrics": metrics, "epoch": best}
+    info = {"values": values, "metrics": metrics, "epoch": best, "space": space.to_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
