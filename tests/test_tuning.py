@@ -251,3 +251,27 @@ def test_same_seed_same_trials(tmp_path):
         proposals.append(dict(trial.hyperparameters.values))
     assert proposals[0] == proposals[1]
     assert isinstance(tuner, keras_tuner.RandomSearch)
+
+
+def test_baseline_is_reused_only_for_the_same_space_and_exports_its_configs(tmp_path, monkeypatch):
+    from ebsd_keras.tuning import search
+
+    space = load_search_space(write(tmp_path, TINY_SPACE))
+    saved = {"values": {}, "metrics": {"val_fidelity": 1.5}, "epoch": 0, "space": space.to_dict()}
+    (tmp_path / "out" / "baseline").mkdir(parents=True)
+    (tmp_path / "out" / "baseline" / "metrics.json").write_text(json.dumps(saved))
+    assert search.run_baseline(space, "data/x", tmp_path / "out") == saved  # no training: nothing to compare
+    cfg = json.loads((tmp_path / "out" / "baseline" / "cvae.json").read_text())
+    assert cfg["model"] == {"latent_dim": 8} and cfg["loss_weights"] == {"kl": 1.0, "reconstruction": 1.0}
+
+    # another budget: the stored baseline does not count, it is trained again
+    other = load_search_space(
+        write(tmp_path, TINY_SPACE.replace("steps_per_epoch = 1", "steps_per_epoch = 2"), "b.toml")
+    )
+    trained = []
+    monkeypatch.setattr("ebsd_keras.tuning.hypermodel.CVAEGANHyperModel.build", lambda self, hp: trained.append(1))
+    monkeypatch.setattr(
+        "ebsd_keras.tuning.hypermodel.CVAEGANHyperModel.fit", lambda self, hp, model: {"val_fidelity": 7.0}
+    )
+    assert search.run_baseline(other, "data/x", tmp_path / "out")["metrics"] == {"val_fidelity": 7.0}
+    assert trained == [1]

@@ -10,8 +10,8 @@ Files a search writes in its output directory ``OUT``
                             one row per trial: id, status, objective and its parts, hyper-parameter values
 ``OUT/best/``               ``hyperparameters.json`` and ``cvae.json``, ``critic.json``, ``gan.json``: TrainConfig files
                             of the best trial for ``ebsd-keras train --config`` (run in that order)
-``OUT/baseline/metrics.json``
-                            the package defaults trained on the same budget and measured the same way (optional)
+``OUT/baseline/``           ``metrics.json``: the package defaults trained on the same budget and measured the same
+                            way (--baseline), and their ``cvae.json``, ``critic.json``, ``gan.json``
 """
 
 from __future__ import annotations
@@ -229,17 +229,23 @@ def export_best(tuner, space: SearchSpace, data_dir, output_dir) -> dict | None:
     values = dict(trial.hyperparameters.values)
     best_dir = Path(output_dir) / "best"
     best_dir.mkdir(parents=True, exist_ok=True)
-    from ebsd_keras.tuning.hypermodel import trial_train_configs
-
-    configs = trial_train_configs(space, values, data_dir, best_dir / "train", gan_epochs=values.get("tuner/epochs"))
-    paths = {}
-    for phase, cfg in configs.items():
-        paths[phase] = str(best_dir / f"{phase}.json")
-        cfg.save(paths[phase])
+    paths = _export_configs(space, values, data_dir, best_dir)
     info = {"trial_id": trial.trial_id, "score": float(trial.score), "hyperparameters": values, "configs": paths}
     with atomic_path(best_dir / "hyperparameters.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
+
+
+def _export_configs(space: SearchSpace, values: dict, data_dir, directory: Path) -> dict:
+    """``directory/{cvae,critic,gan}.json``: the TrainConfigs of ``values`` (runs in ``directory/train/<phase>``)."""
+    from ebsd_keras.tuning.hypermodel import trial_train_configs
+
+    configs = trial_train_configs(space, values, data_dir, directory / "train", gan_epochs=values.get("tuner/epochs"))
+    paths = {}
+    for phase, cfg in configs.items():
+        paths[phase] = str(directory / f"{phase}.json")
+        cfg.save(paths[phase])
+    return paths
 
 
 def run_baseline(space: SearchSpace, data_dir, output_dir, verbose=0) -> dict:
@@ -259,11 +265,13 @@ def run_baseline(space: SearchSpace, data_dir, output_dir, verbose=0) -> dict:
     from ebsd_keras.tuning.hypermodel import CVAEGANHyperModel
 
     path = Path(output_dir) / "baseline" / "metrics.json"
+    values = default_values(space.preset, space.trial)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _export_configs(space, values, data_dir, path.parent)  # baseline/{cvae,critic,gan}.json: train it in full
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("space") == space.to_dict():  # measured on this very budget and objective
             return saved
-    values = default_values(space.preset, space.trial)
     fixed = SearchSpace(**{**space.__dict__, "hyperparameters": {k: {"type": "fixed", "value": v}
                                                                  for k, v in values.items()}})  # fmt: skip
     hypermodel = CVAEGANHyperModel(fixed, data_dir, verbose=verbose)
@@ -275,7 +283,6 @@ def run_baseline(space: SearchSpace, data_dir, output_dir, verbose=0) -> dict:
     best = min(range(len(scores)), key=lambda i: scores[i] if math.isfinite(scores[i]) else math.inf)
     metrics = {k: float(hist[k][best]) for k in METRIC_COLUMNS if k in hist}
     info = {"values": values, "metrics": metrics, "epoch": best, "space": space.to_dict()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
