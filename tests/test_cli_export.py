@@ -26,8 +26,7 @@ def test_export_writes_versions(model, tmp_path, capsys):
     assert meta["source_model"] == str(model) and meta["use_voltage"] is True
     assert main(["export", str(model), "-o", str(out), "--version", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["export", str(model), "-o", str(out), "--version", "1", "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["1"]
+    assert sorted(p.name for p in out.iterdir()) == ["1"]  # nothing half-written beside it
 
 
 def test_export_refuses_foreign_files(tmp_path, capsys):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the shared helper importable
-from _gen_models import PHYSICS_SINGLE, PHYSICS_VOLTAGE, random_quaternions, save_model  # noqa: E402
+from _gen_models import PHYSICS_SINGLE, PHYSICS_VOLTAGE, build_model, random_quaternions, save_model  # noqa: E402
 
 import ebsd_keras
 from ebsd_keras import generation
@@ -38,10 +38,7 @@ EULER = np.array([[2.0944, 0.7854, 1.0472], [0.1, 0.2, 0.3], [4.0, 1.5, 5.5]])
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {
-        "cnn": save_model(root / "cnn" / "model.keras", use_voltage=True),
-        "physics": save_model(root / "physics" / "model.keras", "physics", **PHYSICS_VOLTAGE),
-    }
+    return {"cnn": save_model(root / "cnn" / "model.keras", use_voltage=True)}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +47,8 @@ def cnn(paths):
 
 
 @pytest.fixture(scope="module")
-def physics(paths):
-    return load_generator(paths["physics"])[0]
+def physics():
+    return build_model("physics", **PHYSICS_VOLTAGE)  # in memory: loading is covered by the CNN model
 
 
 def test_import_is_cheap_and_generate_is_exposed():
@@ -150,8 +147,8 @@ def test_voltage_model_interpolates_between_knots(physics):
     assert np.abs(p[15.0] - p[20.0]).mean() > 0.01  # each knot has its own texture: the voltage reaches the model
 
 
-def test_single_voltage_model_records_its_own_voltage(tmp_path):
-    model = load_generator(save_model(tmp_path / "m" / "model.keras", "physics", **PHYSICS_SINGLE))[0]
+def test_single_voltage_model_records_its_own_voltage():
+    model = build_model("physics", **PHYSICS_SINGLE)
     assert trained_voltage_range(model.model_config) == (20.0, 20.0)
     with pytest.warns(VoltageRangeWarning, match="single-voltage model"):
         r = generate(model, euler=EULER[:1], voltage_kv=15)
@@ -262,7 +259,7 @@ def test_foreign_model_files_are_refused_before_loading(tmp_path):
 def test_default_model_prefers_a_shipped_voltage_model(paths, tmp_path, monkeypatch):
     root = tmp_path / "saved_models"
     (root / "ni20-physics").mkdir(parents=True)
-    with zipfile.ZipFile(paths["physics"]) as src, zipfile.ZipFile(root / "ni20-physics" / "model.keras", "w") as dst:
+    with zipfile.ZipFile(paths["cnn"]) as src, zipfile.ZipFile(root / "ni20-physics" / "model.keras", "w") as dst:
         cfg = json.loads(src.read("config.json"))
         cfg["config"]["config"]["use_voltage"] = False
         dst.writestr("config.json", json.dumps(cfg))
@@ -271,7 +268,7 @@ def test_default_model_prefers_a_shipped_voltage_model(paths, tmp_path, monkeypa
     monkeypatch.setenv("EBSD_KERAS_MODELS", str(root))
     assert default_model_path() == root / "ni20-physics" / "model.keras"
     (root / "ni-voltage").mkdir()
-    (root / "ni-voltage" / "model.keras").write_bytes(paths["physics"].read_bytes())
+    (root / "ni-voltage" / "model.keras").write_bytes(paths["cnn"].read_bytes())
     assert default_model_path() == root / "ni-voltage" / "model.keras"
     assert default_model_path(prefer_voltage=False) == root / "ni20-physics" / "model.keras"
 
