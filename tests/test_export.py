@@ -246,3 +246,16 @@ def test_shipped_savedmodel_matches_the_shipped_keras_model():
     got = module.signatures["from_euler"](euler=tf.constant(euler), voltage_kv=tf.constant(v))["patterns"].numpy()
     want = generate(folder / "model.keras", euler=euler, voltage_kv=v).patterns
     np.testing.assert_allclose(got[..., 0], want, atol=1e-5)
+
+
+def test_graph_has_only_standard_ops(exported):
+    """TF Serving runs plain TensorFlow ops: no Python callbacks (PyFunc) and no XLA-only ops in the SavedModel."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    for e in exported.values():
+        sm = saved_model_pb2.SavedModel()
+        sm.ParseFromString((e["saved"] / "saved_model.pb").read_bytes())
+        graph = sm.meta_graphs[0].graph_def
+        ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+        assert not [op for op in ops if "PyFunc" in op or op.startswith("Xla")], sorted(ops)
+        assert "UnsortedSegmentSum" in ops or "MatMul" in ops  # the model is really in the graph
