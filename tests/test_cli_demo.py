@@ -17,3 +17,17 @@ def test_demo_generates_with_the_shipped_model_and_reports_fidelity(tmp_path, ca
     assert fidelity["ncc_mean"] > 0.99 and fidelity["pixels_within_15pct"] > 0.99  # the shipped model is good
     assert (out / "real_vs_generated.png").stat().st_size > 10_000 and (out / "generated_test.h5").is_file()
     assert main(argv) == 2  # an existing output directory is kept without --overwrite
+
+
+def test_demo_shows_other_voltages_for_a_voltage_aware_model():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the shared helper
+    from _gen_models import PHYSICS_SINGLE, PHYSICS_VOLTAGE, build_model
+
+    from ebsd_keras.cli.demo import _extra_voltages
+
+    assert _extra_voltages(build_model("physics", **PHYSICS_VOLTAGE), (15.0, 25.0), 20.0) == [15.0, 25.0]
+    assert _extra_voltages(build_model("physics", **PHYSICS_SINGLE), (20.0, 20.0), 20.0) == []
+    assert _extra_voltages(build_model(use_voltage=True), (10.0, 30.0), 20.0) == [10.0, 15.0, 25.0, 30.0]
