@@ -41,6 +41,7 @@ __all__ = [
     "CONDITIONING_MODES",
     "PHYSICS_SYMMETRIES",
     "PHYSICS_CONTRASTS",
+    "PHYSICS_VOLTAGE_MODELS",
 ]
 
 #: Decoder conditioning modes. "add": separate latent and attribute MLPs whose outputs are added (the paper);
@@ -58,6 +59,9 @@ PHYSICS_SYMMETRIES = ("m-3m", "4/mmm", "none")
 #: Contrast model after the projection: "clahe" (per-pattern rescale to 8 bit, then OpenCV-exact CLAHE in the graph),
 #: "learned" (a small conv head learns the contrast response), "rescale" (per-pattern min-max rescale only: raw data).
 PHYSICS_CONTRASTS = ("clahe", "learned", "rescale")
+#: How a physics voltage model varies its master pattern with kV: "knots" (texture channels blended linearly in kV),
+#: "bands" (learned band profiles whose widths scale with the Bragg angles at each voltage).
+PHYSICS_VOLTAGE_MODELS = ("knots", "bands")
 
 
 def _tuplify(value):
@@ -114,6 +118,14 @@ class ModelConfig:
         ``physics_clahe_clip_limit`` and ``physics_clahe_tiles`` (rows, columns) the CLAHE settings,
         ``physics_clahe_gradient`` its training surrogate gradient ("histogram" or "lut", see
         :func:`ebsd_keras.models.clahe.clahe_tf`).
+        Voltage models (``use_voltage``): ``physics_voltage_model`` is "knots" (one texture channel per knot voltage,
+        linearly blended in kV) or "bands" (:class:`ebsd_keras.models.physics.BandProfiles`: one learned band
+        profile per reflector family over the angle from the lattice plane measured in units of the family's Bragg
+        angle at the voltage, so band widths follow the relativistic electron wavelength at every voltage, plus a
+        voltage-independent texture when ``physics_band_texture``); ``physics_band_reflectors`` the (hkl)
+        families, ``physics_band_lattice_nm`` the cubic lattice parameter (nm), ``physics_band_profile`` (knots,
+        extent in Bragg angles) of each profile, ``physics_band_blur`` the half side (Lambert pixels) of a
+        learned blur of the band texture that is fixed in angle (0: none).
     decoder_upsampling
         "resize" (upsample, then convolve) or "transpose" (transposed convolutions, as in the paper).
     critic_activation
@@ -169,6 +181,12 @@ class ModelConfig:
     physics_clahe_clip_limit: float = 10.0
     physics_clahe_tiles: tuple = (4, 4)
     physics_clahe_gradient: str = "histogram"
+    physics_voltage_model: str = "knots"
+    physics_band_reflectors: tuple = ((1, 1, 1), (2, 0, 0), (2, 2, 0), (3, 1, 1), (2, 2, 2))
+    physics_band_lattice_nm: float = 0.35236
+    physics_band_profile: tuple = (48, 3.0)
+    physics_band_texture: bool = True
+    physics_band_blur: int = 2
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -231,6 +249,20 @@ class ModelConfig:
             "physics_clahe_tiles must be two positive integers",
         )
         need(self.physics_clahe_gradient in ("histogram", "lut"), "physics_clahe_gradient must be 'histogram' or 'lut'")
+        need(self.physics_voltage_model in PHYSICS_VOLTAGE_MODELS, f"physics_voltage_model: {PHYSICS_VOLTAGE_MODELS}")
+        need(
+            len(self.physics_band_reflectors) >= 1
+            and all(len(r) == 3 and any(int(i) != 0 for i in r) for r in self.physics_band_reflectors),
+            "physics_band_reflectors must be non-zero (h, k, l) triples",
+        )
+        need(float(self.physics_band_lattice_nm) > 0, "physics_band_lattice_nm must be positive (nm)")
+        need(int(self.physics_band_blur) == self.physics_band_blur >= 0, "physics_band_blur must be an int >= 0")
+        need(
+            len(self.physics_band_profile) == 2
+            and int(self.physics_band_profile[0]) >= 2
+            and float(self.physics_band_profile[1]) > 1,
+            "physics_band_profile must be (knots >= 2, extent > 1 Bragg angle)",
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     @property
@@ -456,10 +488,20 @@ def _physics_sector_side(npx: int, symmetry: str) -> int:
 def _physics_decoder_parameters(cfg: ModelConfig) -> int:
     """Trainable parameters of :class:`ebsd_keras.models.physics.PhysicsDecoder` (mirrors it layer by layer)."""
     npx, channels = int(cfg.physics_npx), (len(cfg.physics_voltage_knots_kv) if cfg.use_voltage else 1)
+    bands = bool(cfg.use_voltage) and cfg.physics_voltage_model == "bands"
+    if bands:  # one profile table (families x knots) and one amplitude slope per family; an optional 1-channel texture
+        n_fam = len(cfg.physics_band_reflectors)
+        channels = 1 if cfg.physics_band_texture else 0
     if cfg.physics_symmetry == "none":
         total = 2 * (2 * npx + 1) ** 2 * channels
     else:
         total = _physics_sector_side(npx, cfg.physics_symmetry) ** 2 * channels
+    if bands:
+        total += (
+            n_fam * int(cfg.physics_band_profile[0])
+            + n_fam
+            + (2 * int(cfg.physics_band_blur) + 1) ** 2 * (int(cfg.physics_band_blur) > 0)
+        )
     # contrast head: "learned" sees (standardised, locally normalised, local mean, y, x); the residual head of the
     # other modes sees (probability, y, x); 3x3 convolutions, then a 1x1 convolution to the logits
     heads = cfg.physics_head_channels

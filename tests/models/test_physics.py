@@ -19,6 +19,9 @@ from ebsd_keras.models.decoders import DECODERS, build_decoder
 from ebsd_keras.models.physics import (
     MasterPatternTexture,
     PhysicsDecoder,
+    bragg_angle_rad,
+    cubic_plane_normals,
+    electron_wavelength_angstrom,
     export_master_pattern,
     fold_directions,
     lambert_grid_directions,
@@ -135,13 +138,15 @@ def test_sector_variable_holds_every_folded_direction(npx):
         {"physics_symmetry": "none", "physics_npx": 30, "physics_contrast": "rescale", "physics_residual": (0, 0)},
         {"physics_contrast": "learned", "physics_head_channels": (8, 8), "physics_npx": 50},
         {"use_voltage": True, "physics_head_channels": (4,), "physics_npx": 40},
+        {"use_voltage": True, "physics_voltage_model": "bands", "physics_npx": 40},
+        {"use_voltage": True, "physics_voltage_model": "bands", "physics_band_texture": False, "physics_npx": 20},
     ],
 )
 def test_builds_outputs_logits_and_counts_parameters(overrides):
     cfg = _physics(**overrides)
     decoder = build_decoder(cfg)
     assert isinstance(decoder, PhysicsDecoder)
-    n = decoder.count_params()
+    n = sum(int(np.prod(v.shape)) for v in decoder.trainable_variables)
     assert n == count_parameters(cfg)["decoder"] <= 1_000_000
     quaternion = np.array([[1, 0, 0, 0], [0.9, 0.1, -0.3, 0.2], [0.5, 0.5, 0.5, 0.5]], np.float32)
     batch = {
@@ -312,7 +317,8 @@ def test_cvaegan_with_the_physics_decoder_fits_in_phase_cvae():
 @pytest.mark.parametrize(
     "overrides",
     [{"physics_npx": 40}, {"physics_npx": 30, "use_voltage": True, "physics_contrast": "learned",
-                           "physics_head_channels": (4,), "physics_symmetry": "none"}],
+                           "physics_head_channels": (4,), "physics_symmetry": "none"},
+     {"physics_npx": 30, "use_voltage": True, "physics_voltage_model": "bands"}],
 )  # fmt: skip
 def test_keras_round_trip_gives_identical_outputs(tmp_path, overrides):
     cfg = _physics(**overrides)
@@ -353,3 +359,98 @@ def test_export_master_pattern_is_an_emsoft_file_and_compares_with_the_truth(tmp
     assert texture_ncc(fresh, embedded_master_pattern_path()) < 0.5
     with pytest.raises(FileExistsError):
         export_master_pattern(decoder, path, overwrite=False)
+
+
+# ------------------------------------------------------------------------------------------ voltage: band profiles
+
+
+def test_bragg_angles_follow_the_relativistic_wavelength_as_diffsims():
+    from diffsims.crystallography import ReciprocalLatticeVector
+
+    from ebsd_keras.data.simulate import NICKEL_REFLECTORS, _nickel_phase
+
+    _, family, hkl2 = cubic_plane_normals(NICKEL_REFLECTORS)
+    assert np.bincount(family).tolist() == [4, 3, 6, 12, 4]  # planes per family, +-g counted once
+    ref = ReciprocalLatticeVector(_nickel_phase(), hkl=np.array(NICKEL_REFLECTORS))
+    for kv in (10.0, 20.0, 30.0):
+        ref.calculate_theta(kv * 1e3)
+        ours = bragg_angle_rad(kv, 0.35236 / np.sqrt(hkl2))
+        # diffsims adds the refraction correction (mean inner potential): well under 0.5 % at 10-30 kV
+        np.testing.assert_allclose(ours, ref.theta, rtol=5e-3)
+    assert electron_wavelength_angstrom(20.0) == pytest.approx(0.08588, abs=2e-5)
+
+
+def _band_decoder(texture=False, npx=20):
+    cfg = _physics(
+        use_voltage=True,
+        physics_voltage_model="bands",
+        physics_band_texture=texture,
+        physics_contrast="rescale",
+        physics_residual=(0, 0),
+        physics_npx=npx,
+        physics_band_profile=(61, 3.0),
+    )
+    return PhysicsDecoder(cfg)
+
+
+def test_kinematical_band_profiles_reproduce_kikuchipy_at_unseen_voltages():
+    """With the kinematical box profile (|F| inside the Bragg angle) the band model matches kikuchipy's kinematical
+    master pattern at any voltage: no voltage knots, so 12.5 kV is as good as 10 kV."""
+    from diffsims.crystallography import ReciprocalLatticeVector
+
+    from ebsd_keras.data.simulate import (
+        NICKEL_REFLECTORS,
+        _nickel_phase,
+        kinematical_master_pattern,
+        make_detector,
+        project_patterns,
+    )
+
+    decoder = _band_decoder(npx=150)  # bands evaluated on a Lambert grid as fine as the truth's
+    ref = ReciprocalLatticeVector(_nickel_phase(), hkl=np.array(NICKEL_REFLECTORS))
+    ref.calculate_structure_factor()
+    u = np.linspace(0, 3, 61)
+    decoder.bands.set_profiles(np.abs(ref.structure_factor)[:, None] * (u[None] <= 1.0))
+    q = Rotation.random(24).data.astype(np.float32)
+    q[q[:, 0] < 0] *= -1
+    det = make_detector()
+    nccs = {}
+    for kv in (10.0, 17.5):
+        mp = kinematical_master_pattern(kv, half_size=150)
+        truth = np.concatenate([p for _, p in project_patterns(mp, q, det, kv, progress=False)]).astype(float)
+        gen = np.asarray(decoder.generate({"quaternion": q, "voltage_kv": np.full(len(q), kv, np.float32)}))[..., 0]
+        nccs[kv] = _ncc(gen, truth)
+    # measured 0.990 and 0.985 (no fitting: the box profile alone; the truth is on a Lambert grid of its own)
+    assert nccs[10.0].mean() > 0.98 and nccs[17.5].mean() > 0.98
+    # and the bands do change with the voltage: the 10 kV pattern is not the 17.5 kV one
+    g10 = np.asarray(decoder.generate({"quaternion": q, "voltage_kv": np.full(len(q), 10.0, np.float32)}))
+    g17 = np.asarray(decoder.generate({"quaternion": q, "voltage_kv": np.full(len(q), 17.5, np.float32)}))
+    assert _ncc(g10[..., 0], g17[..., 0]).mean() < 0.97
+
+
+def test_band_model_trains_with_gradients_on_profiles_and_texture():
+    decoder = _band_decoder(texture=True)
+    rng = np.random.default_rng(0)
+    q = Rotation.random(4).data.astype(np.float32)
+    v = np.array([10.0, 15.0, 25.0, 30.0], np.float32)
+    target = rng.random((4, 60, 60, 1)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        logits = decoder({"z": np.zeros((4, decoder.latent_dim), np.float32), "quaternion": q, "voltage_kv": v})
+        loss = tf.reduce_mean(bce_from_logits(target, logits))
+    grads = tape.gradient(loss, decoder.trainable_variables)
+    paths = [x.path for x in decoder.trainable_variables]
+    for name in ("profiles", "amplitude_slope", "texture"):
+        g = grads[[i for i, p in enumerate(paths) if p.endswith(name)][0]]
+        assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0, name
+
+
+def test_band_model_exports_hemispheres_per_voltage(tmp_path):
+    decoder = _band_decoder()
+    north, south, energies = master_pattern_hemispheres(decoder)
+    assert north.shape == (5, 41, 41) and energies.tolist() == [10.0, 15.0, 20.0, 25.0, 30.0]
+    # bands narrow as the voltage rises: less of the sphere lies inside a band at 30 kV than at 10 kV
+    assert (north[4] > 0.05).mean() < (north[0] > 0.05).mean()
+    one_n, _, one_e = master_pattern_hemispheres(decoder, energy_kv=12.5)
+    assert one_n.shape == (1, 41, 41) and one_e.tolist() == [12.5]
+    export_master_pattern(decoder, tmp_path / "mp.h5")
+    assert read_master_pattern(tmp_path / "mp.h5").energies_kev.tolist() == [10.0, 15.0, 20.0, 25.0, 30.0]
