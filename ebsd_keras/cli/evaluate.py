@@ -84,6 +84,22 @@ def register(subparsers) -> None:
         default="auto",
         help="dictionary preprocessing: from the test set's provenance (auto), CLAHE 10/4x4, or none",
     )
+    p.add_argument(
+        "--voltage",
+        action="store_true",
+        help="also the voltage figures (ebsd_keras.evaluation.voltage): wrong-voltage indexing table (paper Fig 5) "
+        "over the test set's voltages and band width vs kV, true vs generated",
+    )
+    p.add_argument(
+        "--voltage-test",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="SOURCE",
+        help="more test sources for the band-width curve (e.g. unseen voltages)",
+    )
+    p.add_argument("--voltage-n", type=int, default=100, help="patterns per voltage in the wrong-voltage table (100)")
+    p.add_argument("--voltage-only", action="store_true", help="only the voltage figures (skip the main report)")
     p.add_argument("--label", default=None, help="name of the model in the report (default: the file name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -119,6 +135,9 @@ def run(args) -> int:
         generate_fn = model_generator(model, sample=False)
         if not args.no_prior_samples:
             variants[f"{label} (prior samples)"] = model_generator(model, sample=True, seed=args.seed)
+    if args.voltage_only:
+        _voltage(args, generate_fn)
+        return 0
     results = evaluate_generator(
         generate_fn,
         args.test,
@@ -141,7 +160,25 @@ def run(args) -> int:
     )
     _print_summary(results)
     print(f"report written to {args.output}")
+    if args.voltage:
+        _voltage(args, generate_fn)
     return 0
+
+
+def _voltage(args, generate_fn) -> None:
+    from ebsd_keras.evaluation.voltage import evaluate_voltage
+
+    res = evaluate_voltage(
+        generate_fn,
+        [args.test, *args.voltage_test],
+        args.output / "voltage",
+        n_per_voltage=args.voltage_n,
+        resolution_deg=args.dictionary_resolution or 2.0,
+        refine=not args.no_refine,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(f"voltage figures: {', '.join(res['figures'])}")
 
 
 def _print_summary(results: dict) -> None:
