@@ -1,0 +1,135 @@
+"""Gradient refinement through a generator: recovers perturbed orientations of true Ni patterns (the same objective
+as BOBYQA), refines a pattern centre, runs through a physics-decoder model, and refuses bad input."""
+
+import numpy as np
+import pytest
+
+from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.evaluation.refinement import (
+    check_pattern_centres,
+    master_pattern_generator,
+    model_refinement_generator,
+    refine_bobyqa_generator,
+    refine_gradient,
+)
+from ebsd_keras.orientation import disorientation, quaternion_multiply
+from ebsd_keras.simulations.geometry import DetectorGeometry
+
+N = 6
+
+
+def _perturb(q, angle_deg, seed=0):
+    from ebsd_keras.evaluation.indexing import _rotvec_to_quaternion
+
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=(len(q), 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    return quaternion_multiply(_rotvec_to_quaternion(axis * np.radians(angle_deg)), q)
+
+
+@pytest.fixture(scope="module")
+def master_pattern():
+    from ebsd_keras.data.simulate import load_master_pattern
+
+    return load_master_pattern(None, 20.0)  # the test set's (embedded EMsoft Ni 20 kV); no dictionary needed
+
+
+@pytest.fixture(scope="module")
+def generator(master_pattern, test_set):
+    geometry = DetectorGeometry(shape=test_set.shape, pc=tuple(test_set.metadata["detector"]["pc"]))
+    return master_pattern_generator(master_pattern, geometry)
+
+
+@pytest.fixture(scope="module")
+def patterns(test_set):
+    return test_set.patterns[:N], test_set.quaternion[:N]
+
+
+def test_generator_reproduces_the_dataset_preprocessing(generator, patterns):
+    import tensorflow as tf
+
+    pats, q = patterns
+    out = np.asarray(generator(tf.constant(q, tf.float32), None)) * 255.0
+    # in-graph rescale + CLAHE of a float32 projection = the stored uint8 pattern to within rounding
+    # (CLAHE amplifies a float32 rounding across an 8-bit level into a few grey levels on a few pixels)
+    assert np.abs(out - pats).max() <= 8
+    assert np.mean(np.abs(out - pats) > 0.5) < 0.02
+
+
+def test_gauss_newton_recovers_perturbed_orientations(generator, patterns):
+    pats, q = patterns
+    start = _perturb(q, 1.2, seed=1)
+    # 6 patterns: two batches, the second padded; no XLA (compiling costs more than it saves on 6 patterns)
+    res = refine_gradient(generator, pats, start, batch_size=4, jit=False)
+    err = disorientation(q, res.quaternion)
+    assert disorientation(q, start).min() > 1.1
+    assert np.median(err) < 0.005 and (err < 0.01).sum() >= 5 and err.max() < 0.1, err
+    assert res.score.min() > 0.99 and res.quaternion.shape == (N, 4) and (res.quaternion[:, 0] >= 0).all()
+    assert (res.iterations >= 1).all() and res.settings["method"] == "gauss-newton"
+
+
+def test_adam_also_converges_and_bobyqa_agrees(generator, patterns):
+    pats, q = patterns
+    start = _perturb(q[:4], 0.8, seed=2)
+    adam = refine_gradient(generator, pats[:4], start, method="adam", max_iterations=120, jit=False)
+    assert disorientation(q[:4], adam.quaternion).max() < 0.1
+    bob = refine_bobyqa_generator(generator, pats[:4], start, workers=4, jit=False)
+    assert disorientation(q[:4], bob.quaternion).max() < 0.05
+
+
+def test_pattern_centre_refinement_recovers_the_pc(master_pattern, test_set):
+    from ebsd_keras.data.preprocess import CLAHEConfig
+    from ebsd_keras.evaluation.pattern_centre import true_patterns_at
+
+    det = dict(test_set.metadata["detector"])
+    true_pc = (0.49, 0.51, 0.61)  # 0.6 px and 1.7 % of PCz from the start: a calibration, not a search
+    q = test_set.quaternion[:4]
+    pats = true_patterns_at(master_pattern, q, {**det, "pc": list(true_pc)}, 20.0, CLAHEConfig())
+    gen = master_pattern_generator(master_pattern, DetectorGeometry(shape=test_set.shape))
+    # PC calibration on patterns of known orientation
+    res = refine_gradient(
+        gen, pats, q, pc_start=(0.5, 0.5, 0.6), refine_pc=True, refine_orientation=False, hessian_every=1, jit=False
+    )
+    assert np.abs(res.pc - np.array(true_pc)).max() < 0.002, res.pc
+    np.testing.assert_allclose(res.quaternion, q, atol=1e-9)
+    # jointly with the orientation the PC is poorly determined per pattern, but the NCC still rises to ~1
+    joint = refine_gradient(gen, pats[:2], q[:2], pc_start=(0.5, 0.5, 0.6), refine_pc=True, jit=False)
+    assert joint.score.min() > 0.98
+
+
+def test_physics_model_generator_takes_pc_and_cnn_refuses(tmp_path):
+    import tensorflow as tf
+
+    from ebsd_keras.models.cvaegan import CVAEGAN
+    from ebsd_keras.models.presets import get_preset
+
+    model = CVAEGAN(config=get_preset("physics", physics_npx=16, physics_residual=(0, 0)), seed=0)
+    gen = model_refinement_generator(model)
+    q = tf.constant(_perturb(np.tile([[1.0, 0, 0, 0]], (2, 1)), 5.0), tf.float32)
+    pc = tf.Variable(np.tile([[0.5, 0.5, 0.6]], (2, 1)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        out = gen(q, pc)
+        loss = tf.reduce_sum(out * out)
+    assert tuple(out.shape) == (2, 60, 60)
+    assert np.abs(np.asarray(tape.gradient(loss, pc))).max() > 0  # the CLAHE surrogate carries a gradient
+    cnn = model_refinement_generator(CVAEGAN(config=get_preset("tiny"), seed=0))
+    with pytest.raises(EBSDInputError, match="fixed detector"):
+        cnn(q, pc)
+    pats = np.zeros((2, 60, 60), np.uint8)
+    with pytest.raises(EBSDInputError, match="fixed detector"):
+        refine_gradient(cnn, pats, np.asarray(q), refine_pc=True)
+
+
+def test_bad_input_is_refused(generator, patterns):
+    pats, q = patterns
+    with pytest.raises(EBSDInputError, match="start orientations"):
+        refine_gradient(generator, pats, q[:3])
+    with pytest.raises(EBSDInputError, match="method"):
+        refine_gradient(generator, pats, q, method="newton")
+    with pytest.raises(EBSDInputError, match="patterns"):
+        refine_gradient(generator, pats[:, :30], q)
+    with pytest.raises(EBSDInputError, match="not Bruker"):
+        check_pattern_centres([30.0, 20.0, 15000.0], 2)
+    with pytest.raises(EBSDInputError, match="shape"):
+        check_pattern_centres(np.zeros((3, 3)) + 0.5, 2)
+    assert check_pattern_centres([0.5, 0.5, 0.6], 4).shape == (4, 3)
