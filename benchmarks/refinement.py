@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", nargs="*", default=(), help="rows to skip: kikuchipy, bobyqa-model, adam")
     p.add_argument("--out", default="runs/refine/benchmark.json")
+    p.add_argument("--clahe-gradient", choices=("lut", "histogram"), default="lut", help="CLAHE surrogate (lut)")
+    p.add_argument("--hessian-every", type=int, default=None, help="Gauss-Newton matrix refresh (default: once)")
     p.add_argument("--pattern-centres", action="store_true", help="evaluate generation at other pattern centres")
     args = p.parse_args(argv)
     if args.pattern_centres:
@@ -86,9 +88,10 @@ def main(argv=None) -> int:
     di_s = time.perf_counter() - t0
     geometry = DetectorGeometry(shape=ts.shape, pc=tuple(det["pc"]), tilt_deg=det["tilt_deg"],
                                 sample_tilt_deg=det["sample_tilt_deg"])  # fmt: skip
-    gen_mp = master_pattern_generator(indexer.master_pattern, geometry)
+    gen_mp = master_pattern_generator(indexer.master_pattern, geometry, clahe_gradient=args.clahe_gradient)
     model = load_model(args.model)
-    gen_model = model_refinement_generator(model)
+    gen_model = model_refinement_generator(model, clahe_gradient=args.clahe_gradient)
+    gkw = {"hessian_every": args.hessian_every}
     gen_model_fwd = model_refinement_generator(model, differentiable=False)
     pats, qt = ts.patterns, ts.quaternion
     w = slice(0, min(len(pats), 256))  # warm-up on one full batch: the timed run reuses its compiled shape
@@ -122,8 +125,12 @@ def main(argv=None) -> int:
     print(f"DI ({indexer.n_dictionary} patterns, {args.dictionary_resolution} deg): {di_s:.1f} s; "
           f"error {_stats(qt, q_di)}", flush=True)  # fmt: skip
     r_bob = record("bobyqa", "EMsoft MP", lambda s: indexer.refine_bobyqa(pats[s], q_di[s]))
-    r_gmp = record("gradient (gauss-newton)", "EMsoft MP", lambda s: refine_gradient(gen_mp, pats[s], q_di[s]), warm=w)
-    r_gmo = record("gradient (gauss-newton)", "model", lambda s: refine_gradient(gen_model, pats[s], q_di[s]), warm=w)
+    r_gmp = record(
+        "gradient (gauss-newton)", "EMsoft MP", lambda s: refine_gradient(gen_mp, pats[s], q_di[s], **gkw), warm=w
+    )
+    r_gmo = record(
+        "gradient (gauss-newton)", "model", lambda s: refine_gradient(gen_model, pats[s], q_di[s], **gkw), warm=w
+    )
     r_bmo = None
     if "bobyqa-model" not in args.skip:
         r_bmo = record("bobyqa", "model", lambda s: refine_bobyqa_generator(gen_model_fwd, pats[s], q_di[s]))
@@ -157,6 +164,8 @@ def main(argv=None) -> int:
         "model": args.model,
         "n": len(ts),
         "dictionary_resolution_deg": args.dictionary_resolution,
+        "clahe_gradient": args.clahe_gradient,
+        "hessian_every": args.hessian_every,
         "di_seconds": di_s,
         "di_error_deg": _stats(qt, q_di),
         "rows": rows,
