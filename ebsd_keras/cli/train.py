@@ -84,10 +84,13 @@ def register(subparsers) -> None:
       help="override one loss weight (kl, reconstruction, orientation, voltage, adversarial_generator, "
            "adversarial_critic, gradient_penalty); repeatable")  # fmt: skip
     a("--seed", type=int, metavar="S", help="seed of weights, data order and noise (default 0)")
-    a("--jit-compile", action="store_const", const=True, default=None, help="compile steps with XLA")
+    a("--jit-compile", action="store_const", const=True, default=None,
+      help="compile steps with XLA (default: XLA on a GPU, not on the CPU, where it measured slower; README "
+           "Benchmarks)")  # fmt: skip
     a("--mixed-precision", nargs="?", const=True, default=None, metavar="POLICY",
       choices=("mixed_float16", "mixed_bfloat16"),
-      help="mixed precision (default policy mixed_float16; or mixed_bfloat16)")  # fmt: skip
+      help="mixed precision (default policy mixed_float16, with loss scaling; or mixed_bfloat16). For GPUs with "
+           "tensor cores; slower on the CPU; not for --preset physics")  # fmt: skip
     a("--kv", dest="voltages", type=float, nargs="+", metavar="KV", help="train only on these voltages (kV)")
     a("--exclude-kv", dest="exclude_voltages", type=float, nargs="+", metavar="KV", help="leave these voltages out")
     a("--cache", action="store_const", const=True, default=None, help="cache the training records in memory")

@@ -12,17 +12,16 @@ metric states) plus a JSON state with the epoch, the seed-generator states and t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
+
+from ebsd_keras.training import fs
 
 __all__ = [
     "EpochBackup",
@@ -30,6 +29,7 @@ __all__ = [
     "ImageGridCallback",
     "ThroughputMeter",
     "NaNGuard",
+    "HistoryCSV",
     "KillAfterSteps",
     "KILL_ENV_VAR",
     "atomic_keras_save",
@@ -57,27 +57,16 @@ def atomic_keras_save(save, target, suffix: str) -> None:
     save
         Callable writing a file at the given path, e.g. ``model.save`` or ``model.save_weights``.
     target
-        Final path.
+        Final path (local or a ``tf.io.gfile`` URL; a remote target is saved locally, then copied).
     suffix
         ".keras" or ".weights.h5".
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        save(str(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with fs.atomic_target(target, suffix) as tmp:
+        save(tmp)
 
 
 def _atomic_json(target, data) -> None:
-    from ebsd_keras._atomic import atomic_path
-
-    with atomic_path(target) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    fs.write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _seed_variables(model) -> list:
@@ -107,18 +96,19 @@ def set_seed_generator_states(model, states: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 def read_backup_state(backup_dir) -> dict | None:
     """The last complete backup's state (``epoch``, ``weights``, ``seed_generators``, ``best``, ``logs``), or None."""
-    path = Path(backup_dir) / STATE_FILE
-    if not path.is_file():
+    path = fs.join(backup_dir, STATE_FILE)
+    if not fs.exists(path):
         return None
-    state = json.loads(path.read_text())
-    if not (Path(backup_dir) / state["weights"]).is_file():
+    state = json.loads(fs.read_text(path))
+    if not fs.exists(fs.join(backup_dir, state["weights"])):
         return None
     return state
 
 
 def restore_backup(model, backup_dir, state: dict) -> None:
     """Load the backup's weights (model + optimizers) and seed-generator states into a compiled ``model``."""
-    model.load_weights(str(Path(backup_dir) / state["weights"]))
+    with fs.local_copy(fs.join(backup_dir, state["weights"]), ".weights.h5") as local:
+        model.load_weights(local)
     set_seed_generator_states(model, state["seed_generators"])
 
 
@@ -141,7 +131,7 @@ class EpochBackup(keras.callbacks.Callback):
 
     def __init__(self, backup_dir, best: BestCheckpoint | None = None, final_epoch: int | None = None):
         super().__init__()
-        self.backup_dir = Path(backup_dir)
+        self.backup_dir = str(backup_dir)
         self.best = best
         self.final_epoch = final_epoch
 
@@ -151,9 +141,9 @@ class EpochBackup(keras.callbacks.Callback):
             return  # never back up NaN weights; the previous backup stays the resume point
         if self.final_epoch is not None and epoch >= self.final_epoch:
             return
-        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        fs.makedirs(self.backup_dir)
         name = f"ckpt-{epoch}.weights.h5"
-        atomic_keras_save(self.model.save_weights, self.backup_dir / name, ".weights.h5")
+        atomic_keras_save(self.model.save_weights, fs.join(self.backup_dir, name), ".weights.h5")
         state = {
             "epoch": int(epoch),
             "weights": name,
@@ -161,15 +151,15 @@ class EpochBackup(keras.callbacks.Callback):
             "best": None if self.best is None else self.best.get_state(),
             "logs": {k: float(v) for k, v in logs.items()},
         }
-        _atomic_json(self.backup_dir / STATE_FILE, state)
-        for old in self.backup_dir.glob("ckpt-*.weights.h5"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        _atomic_json(fs.join(self.backup_dir, STATE_FILE), state)
+        for old in fs.glob(fs.join(self.backup_dir, "ckpt-*.weights.h5")):
+            if not old.endswith("/" + name) and os.path.basename(old) != name:
+                fs.remove(old)
 
     @staticmethod
     def remove(backup_dir) -> None:
         """Delete a backup directory (after the run finished)."""
-        shutil.rmtree(backup_dir, ignore_errors=True)
+        fs.rmtree(backup_dir)
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -181,7 +171,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, filepath, monitor: str):
         super().__init__()
-        self.filepath = Path(filepath)
+        self.filepath = str(filepath)
         self.monitor = monitor
         self.best = math.inf
         self.best_epoch = None
@@ -203,6 +193,17 @@ class BestCheckpoint(keras.callbacks.Callback):
             return
         self.best, self.best_epoch = float(value), int(epoch)
         atomic_keras_save(self.model.save, self.filepath, ".keras")
+
+
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """``keras.callbacks.CSVLogger`` that also closes a remote (``tf.io.gfile``) file: Keras 3.15 opens remote
+    paths as a ``GFile``, which has no ``closed`` attribute, and its ``on_train_end`` fails on it."""
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+        self.csv_file = None
+        self.writer = None
 
 
 class NaNGuard(keras.callbacks.TerminateOnNaN):

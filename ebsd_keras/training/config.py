@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = [
     "TrainConfig",
@@ -238,9 +237,17 @@ class TrainConfig:
         from ebsd_keras.models.presets import get_preset
 
         try:
-            get_preset(self.preset, **self.model)
+            model_config = get_preset(self.preset, **self.model)
         except (TypeError, ValueError) as exc:  # unknown preset, unknown or invalid ModelConfig field
             raise ValueError(f"TrainConfig field 'preset'/'model': {exc}") from None
+        # The physics decoder's gnomonic projection samples its master pattern at coordinates up to ~400 px: in 16-bit
+        # floats they are off by up to a pixel and its gradients point elsewhere (cosine 0.35-0.42 with float32's in
+        # the gan phase, -0.06 in the cvae phase under mixed_bfloat16; benchmarks/precision_check.py).
+        need(
+            not (self.mixed_precision and getattr(model_config, "decoder", None) == "physics"),
+            "mixed_precision",
+            "not supported with the physics decoder (its projection needs float32); train it in float32",
+        )
         return self
 
     # ------------------------------------------------------------------------------------------------------------
@@ -295,11 +302,10 @@ class TrainConfig:
         return cls(**data)
 
     def save(self, path) -> None:
-        """Write as indented JSON, atomically."""
-        from ebsd_keras._atomic import atomic_path
+        """Write as indented JSON, atomically (``path`` local or a ``tf.io.gfile`` URL)."""
+        from ebsd_keras.training import fs
 
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        fs.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def _is_int(v) -> bool:
@@ -338,8 +344,11 @@ def load_train_config(path, **overrides) -> TrainConfig:
         ``path`` does not exist.
     """
     from ebsd_keras.errors import EBSDInputError
+    from ebsd_keras.training import fs
 
-    text = Path(path).read_text()
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{path}: no such training config file")
+    text = fs.read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
