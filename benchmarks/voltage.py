@@ -75,18 +75,42 @@ def baseline(args) -> dict:
         sim = mp.get_patterns(rot, det, energy=None, dtype_out=np.float32, compute=True, show_progressbar=False)
         return np.asarray(sim.data).reshape(len(q), *det.shape).astype(np.float64)
 
-    results = {"n": int(args.n), "per_voltage": {}}
-    for kv in mids:
-        lo, hi = kv - 2.5, kv + 2.5
-        truth = project(masters[kv], kv)
-        nearest = {k: float(_ncc(project(masters[k], k), truth).mean()) for k in (lo, hi)}
-        blend = project_float(0.5 * masters[lo].data.astype(np.float64) + 0.5 * masters[hi].data.astype(np.float64))
-        results["per_voltage"][f"{kv:g}"] = {
-            "nearest_lower_ncc": nearest[lo],
-            "nearest_upper_ncc": nearest[hi],
-            "blend_50_50_ncc": float(_ncc(blend, truth).mean()),
-        }
-        print(kv, json.dumps(results["per_voltage"][f"{kv:g}"]), flush=True)
+    from ebsd_keras.data.preprocess import clahe
+    from ebsd_keras.data.simulate import rescale_per_pattern
+
+    model = None
+    if args.model:
+        import ebsd_keras.models.cvaegan  # noqa: F401 - registers the model classes
+        from ebsd_keras.evaluation.report import load_model, model_generator
+
+        model = load_model(args.model)
+        gen = model_generator(model)
+
+    def both(raw):  # NCC on raw intensities and on the dataset's CLAHE'd uint8 patterns
+        return raw, clahe(rescale_per_pattern(raw))
+
+    results = {"n": int(args.n), "model": args.model, "per_voltage": {}}
+    for kv in (knots + mids) if model is not None else mids:
+        truth_raw, truth_eq = both(project(masters[kv], kv))
+        entry = {}
+        if kv in mids:
+            lo, hi = kv - 2.5, kv + 2.5
+            for name, k in (("nearest_lower", lo), ("nearest_upper", hi)):
+                raw, eq = both(project(masters[k], k))
+                entry[f"{name}_ncc_raw"] = float(_ncc(raw, truth_raw).mean())
+                entry[f"{name}_ncc_clahe"] = float(_ncc(eq, truth_eq).mean())
+            mix = 0.5 * masters[lo].data.astype(np.float64) + 0.5 * masters[hi].data.astype(np.float64)
+            raw, eq = both(project_float(mix))
+            entry["blend_50_50_ncc_raw"] = float(_ncc(raw, truth_raw).mean())
+            entry["blend_50_50_ncc_clahe"] = float(_ncc(eq, truth_eq).mean())
+        if model is not None:
+            v = np.full(len(q), kv, np.float32)
+            qf = q.astype(np.float32)
+            raw = np.asarray(model.decoder.project({"quaternion": qf, "voltage_kv": v}))
+            entry["model_raw_projection_ncc_raw"] = float(_ncc(raw, truth_raw).mean())
+            entry["model_generated_ncc_clahe"] = float(_ncc(np.asarray(gen(qf, v)), truth_eq).mean())
+        results["per_voltage"][f"{kv:g}"] = entry
+        print(kv, json.dumps(entry), flush=True)
     return results
 
 
@@ -257,6 +281,7 @@ def _parse(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("baseline")
     b.add_argument("--n", type=int, default=200)
+    b.add_argument("--model", default=None, help="also a trained voltage model (raw projection and CLAHE'd output)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", default=str(REPO / "runs/voltage/baseline.json"))
     e = sub.add_parser("ebsdsim-check")
