@@ -133,3 +133,19 @@ def test_bad_input_is_refused(generator, patterns):
     with pytest.raises(EBSDInputError, match="shape"):
         check_pattern_centres(np.zeros((3, 3)) + 0.5, 2)
     assert check_pattern_centres([0.5, 0.5, 0.6], 4).shape == (4, 3)
+
+
+def test_pattern_centre_evaluation_rows_and_refusal(master_pattern):
+    from ebsd_keras.evaluation.pattern_centre import evaluate_pattern_centres
+    from ebsd_keras.models.cvaegan import CVAEGAN
+    from ebsd_keras.models.presets import get_preset
+
+    model = CVAEGAN(config=get_preset("physics", physics_npx=16, physics_residual=(0, 0)), seed=0)
+    pcs = [(0.5, 0.5, 0.6), (0.45, 0.55, 0.65)]
+    res = evaluate_pattern_centres(model, pcs, n=3, master_pattern=master_pattern, refine=False)
+    assert [r["pc"] for r in res["rows"]] == [list(p) for p in pcs]
+    for row in res["rows"]:
+        assert row["ncc"]["n"] == 3 and -1 <= row["ncc"]["mean"] <= 1
+        assert 0 <= row["within_15pct"]["mean"] <= 1 and row["bce_gap"]["mean"] > -1e-9  # BCE >= its optimum
+    with pytest.raises(EBSDInputError, match="fixed detector"):
+        evaluate_pattern_centres(CVAEGAN(config=get_preset("tiny"), seed=0), pcs, n=2, refine=False)
