@@ -44,6 +44,12 @@ def register(subparsers) -> None:
         "--pc", type=float, nargs=3, metavar=("PCX", "PCY", "PCZ"), help="Bruker pattern centre (default: the file's)"
     )
     p.add_argument("--refine-pc", action="store_true", help="also refine the pattern centre, per pattern")
+    p.add_argument(
+        "--pc-only",
+        action="store_true",
+        help="with --refine-pc: keep the start orientations and calibrate the pattern centre alone (per pattern, a "
+        "PC shift and a rotation are nearly interchangeable, so joint refinement pins the PC down poorly)",
+    )
     p.add_argument("--method", choices=("gauss-newton", "adam"), default="gauss-newton", help="optimiser")
     p.add_argument("--iterations", type=int, default=None, help="iterations at most (12 Gauss-Newton, 150 Adam)")
     p.add_argument("--batch-size", type=int, default=256, help="patterns refined together (256)")
@@ -65,6 +71,8 @@ def _check_args(args) -> None:
         raise EBSDInputError(f"must be >= 1, got {args.batch_size}", None, "--batch-size")
     if args.iterations is not None and args.iterations < 1:
         raise EBSDInputError(f"must be >= 1, got {args.iterations}", None, "--iterations")
+    if args.pc_only and not args.refine_pc:
+        raise EBSDInputError("--pc-only calibrates the pattern centre: give --refine-pc too", None, "--pc-only")
     if not 0 < args.trust_region <= 20:
         raise EBSDInputError(f"must be within (0, 20] degrees, got {args.trust_region}", None, "--trust-region")
     if args.output.exists() and not args.overwrite:
@@ -204,6 +212,7 @@ def run(args) -> int:
         q_start,
         pc_start=pc,
         refine_pc=args.refine_pc,
+        refine_orientation=not args.pc_only,
         method=args.method,
         max_iterations=args.iterations,
         trust_region_deg=args.trust_region,
@@ -225,7 +234,14 @@ def run(args) -> int:
         f"NCC {np.mean(result.score):.4f}"
     )
     if result.pc is not None and args.refine_pc:
-        print("pattern centre: mean " + " ".join(f"{v:.4f}" for v in result.pc.mean(axis=0)))
+        lo, hi = np.percentile(result.pc, [5, 95], axis=0)
+        print(
+            "pattern centre: mean "
+            + " ".join(f"{v:.5f}" for v in result.pc.mean(axis=0))
+            + " (5-95 %: "
+            + ", ".join(f"{a:.4f}..{b:.4f}" for a, b in zip(lo, hi, strict=True))
+            + ")"
+        )
     if args.truth:
         for name, q in (("start", q_start), ("refined", result.quaternion)):
             s = summarize(disorientation(data.quaternion, q))
