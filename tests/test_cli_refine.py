@@ -74,6 +74,7 @@ def test_refine_writes_angle_file_with_pc(files):
         (["--kv", "20000"], "--kv"),
         (["--batch-size", "0"], "--batch-size"),
         (["--pc-only"], "--pc-only"),
+        (["--hessian-every", "0"], "--hessian-every"),
     ],
 )
 def test_bad_arguments_exit_2_without_output(files, capsys, extra, message):

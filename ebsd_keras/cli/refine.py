@@ -52,6 +52,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("--method", choices=("gauss-newton", "adam"), default="gauss-newton", help="optimiser")
     p.add_argument("--iterations", type=int, default=None, help="iterations at most (12 Gauss-Newton, 150 Adam)")
+    p.add_argument(
+        "--clahe-gradient",
+        choices=("lut", "histogram"),
+        default="lut",
+        help="CLAHE surrogate gradient of a physics model: lut (fast) or histogram (the training one: slower, fewer "
+        "outliers through a learned master pattern)",
+    )
+    p.add_argument(
+        "--hessian-every", type=int, default=None, metavar="K", help="recompute the Gauss-Newton matrix every K steps"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="patterns refined together (256)")
     p.add_argument("--trust-region", type=float, default=2.0, metavar="DEG", help="box half-width, degrees (2)")
     p.add_argument("--dictionary-resolution", type=float, default=2.0, metavar="DEG", help="DI grid (2 deg)")
@@ -71,6 +81,8 @@ def _check_args(args) -> None:
         raise EBSDInputError(f"must be >= 1, got {args.batch_size}", None, "--batch-size")
     if args.iterations is not None and args.iterations < 1:
         raise EBSDInputError(f"must be >= 1, got {args.iterations}", None, "--iterations")
+    if args.hessian_every is not None and args.hessian_every < 1:
+        raise EBSDInputError(f"must be >= 1, got {args.hessian_every}", None, "--hessian-every")
     if args.pc_only and not args.refine_pc:
         raise EBSDInputError("--pc-only calibrates the pattern centre: give --refine-pc too", None, "--pc-only")
     if not 0 < args.trust_region <= 20:
@@ -170,7 +182,9 @@ def run(args) -> int:
             args.patterns,
             "EMData/EBSD/EBSDPatterns",
         )
-    generator = model_refinement_generator(model, voltage_kv=kv if model.model_config.use_voltage else None)
+    generator = model_refinement_generator(
+        model, voltage_kv=kv if model.model_config.use_voltage else None, clahe_gradient=args.clahe_gradient
+    )
     pc = None
     if args.pc is not None:
         pc = check_pattern_centres(args.pc, len(data), None, "--pc")
@@ -215,6 +229,7 @@ def run(args) -> int:
         refine_orientation=not args.pc_only,
         method=args.method,
         max_iterations=args.iterations,
+        hessian_every=args.hessian_every,
         trust_region_deg=args.trust_region,
         batch_size=args.batch_size,
         progress=not args.quiet,
