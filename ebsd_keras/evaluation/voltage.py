@@ -331,10 +331,12 @@ def save_voltage_figures(results: dict, out_dir) -> list[Path]:
         fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.0), squeeze=False)
         for ax, name in zip(axes[0], names, strict=True):
             m = np.asarray(table[name]["mean"])
-            im = ax.imshow(m, cmap="viridis_r", norm=_log_norm(m))
+            norm = _log_norm(m)
+            im = ax.imshow(m, cmap="viridis_r", norm=norm)
             for i in range(m.shape[0]):
                 for j in range(m.shape[1]):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+                    light = norm(max(m[i, j], norm.vmin)) < 0.5  # small errors are drawn in light colours
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="k" if light else "w")
             ax.set_xticks(range(m.shape[1]), [f"{v:g}" for v in table["columns_kv"]])
             ax.set_yticks(range(m.shape[0]), [f"{v:g}" for v in table["rows_kv"]])
             ax.set_xlabel("dictionary voltage (kV)")
