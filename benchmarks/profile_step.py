@@ -96,6 +96,19 @@ def profile(preset="compact", phase="cvae", steps=3, warmup=3, batch_size=64, ji
             "summary": summary, "logdir": logdir}  # fmt: skip
 
 
+def run(preset="compact", phase="cvae", steps=3, batch_size=64) -> dict:
+    """For benchmarks/run.py: :func:`profile` into a temporary directory (the summary is kept, the trace is not)."""
+    import shutil
+
+    result = profile(preset, phase, steps, batch_size=batch_size)
+    shutil.rmtree(result.pop("logdir"), ignore_errors=True)
+    return result
+
+
+def format_table(result: dict) -> str:
+    return format_summary(result)
+
+
 def format_summary(result: dict) -> str:
     s, n = result["summary"], result["steps"]
     lines = [

@@ -44,6 +44,10 @@ BENCHMARKS = {
         {"steps": 5, "warmup": 1, "matrix_preset": "tiny", "fidelity_steps": 100},
         {"presets": ("tiny",), "steps": 3, "warmup": 1, "matrix_preset": "tiny", "read_records": 4000},
     ),
+    "profile_step": (
+        {"preset": "compact", "phase": "cvae", "steps": 3},
+        {"preset": "tiny", "phase": "cvae", "steps": 2},
+    ),
     "generation": ({}, {"quick": True}),
     "evaluation_speed": ({"n": 100, "resolution": 2.0, "compare_n": 10}, {"n": 50, "resolution": 4.0, "compare_n": 10}),
 }

@@ -117,6 +117,54 @@ def measure(preset, phase, batch_size, steps, warmup, jit, policy, n_critic=5, s
     return out
 
 
+def interleaved(preset: str = "tiny", phases=PHASES, settings=None, rounds: int = 5, steps: int = 2,
+                batch_size: int = 64, n_critic: int = 5, seed: int = 0) -> dict:  # fmt: skip
+    """XLA and mixed precision against the defaults, timed round-robin so that load changes hit every setting alike.
+
+    All settings' models of a phase are compiled and warmed up first; then each round times ``steps`` steps of each
+    setting in turn. Returns ``{phase: {setting: {"patterns_per_s", "speedup"}}}`` (median over rounds; speedup
+    relative to "float32" = the defaults).
+    """
+    import tensorflow as tf
+
+    from ebsd_keras.models.presets import get_preset
+
+    settings = settings or {
+        "float32": (False, "float32"),
+        "xla": (True, "float32"),
+        "mixed_bfloat16": (False, "mixed_bfloat16"),
+        "mixed_float16": (False, "mixed_float16"),
+    }
+    shape = get_preset(preset).image_shape
+    ds = tf.data.Dataset.from_tensors(_synthetic_batch(batch_size, shape, seed)).repeat()
+    out = {}
+    for phase in phases:
+        models, iters = {}, {}
+        for name, (jit, policy) in settings.items():
+            models[name] = _compiled_model(preset, phase, jit, policy, n_critic, seed)
+            models[name].make_train_function()
+            iters[name] = iter(ds)
+            for _ in range(2):
+                logs = models[name].train_function(iters[name])
+            float(logs["loss"])
+        times = {name: [] for name in settings}
+        for _ in range(rounds):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    logs = model.train_function(iters[name])
+                float(logs["loss"])
+                times[name].append((time.perf_counter() - t0) / steps)
+        base = statistics.median(times["float32"])
+        out[phase] = {
+            name: {"patterns_per_s": batch_size / statistics.median(t), "speedup": base / statistics.median(t)}
+            for name, t in times.items()
+        }
+        print(f"  {preset} {phase:>6} " + "  ".join(f"{k} x{v['speedup']:.2f}" for k, v in out[phase].items()),
+              flush=True)  # fmt: skip
+    return {"preset": preset, "batch_size": batch_size, "rounds": rounds, "steps_per_round": steps, "phases": out}
+
+
 def _make_tfrecords(tmp: str, n: int, shape, seed: int = 0, shard_size: int = 2048) -> str:
     from ebsd_keras.io.emsoft import write_emebsd
     from ebsd_keras.io.tfrecord import write_tfrecords
