@@ -134,9 +134,12 @@ class TrainConfig:
     deterministic
         Call ``tf.config.experimental.enable_op_determinism()`` (bit-identical reruns and resumes; slower on GPUs).
     jit_compile
-        XLA: True, False or "auto" (Keras: XLA where supported, not on CPU).
+        XLA: True, False or "auto" (default; Keras: XLA on a GPU, not on the CPU and not under tf.distribute). On
+        the CPU XLA made every phase slower (README "Benchmarks"), hence no XLA there by default.
     mixed_precision
-        False, True (= "mixed_float16") or a policy name in :data:`MIXED_PRECISION_POLICIES`.
+        False (default), True (= "mixed_float16", with a loss-scale optimizer whose initial scale fits the phase's
+        loss weights) or a policy name in :data:`MIXED_PRECISION_POLICIES`. For GPUs with 16-bit tensor cores; on
+        the CPU both policies were slower than float32 (README "Benchmarks"). Refused for the physics decoder.
     image_every_steps
         Write real / reconstructed / prior-sample pattern grids to TensorBoard every this many steps (0: off).
     tensorboard_update_freq
