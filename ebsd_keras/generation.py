@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 #: Output kinds by file suffix.
 OUTPUT_SUFFIXES = {".h5": "h5", ".hdf5": "h5", ".npy": "npy", ".npz": "npz", ".png": "png"}
-#: The shipped single-voltage model used when no voltage-aware model is shipped.
+#: The shipped model trained on the embedded EMsoft Ni 20 kV master pattern (first among equal candidates).
 DEFAULT_MODEL_NAME = "ni20-physics"
 #: Voltage of a single-voltage model whose card does not say otherwise: the embedded EMsoft Ni master pattern's.
 SINGLE_VOLTAGE_DEFAULT_KV = 20.0
@@ -179,8 +179,8 @@ def shipped_models() -> list[dict]:
     Returns
     -------
     list of dict
-        ``name``, ``path``, ``use_voltage``, ``voltage_range_kv``, sorted with voltage-aware models first, then by
-        name. Folders that do not hold an ebsd_keras model are skipped.
+        ``name``, ``path``, ``use_voltage``, ``voltage_range_kv``, sorted with ``ni20-physics`` first, then
+        voltage-aware models, then by name. Folders that do not hold an ebsd_keras model are skipped.
     """
     out = []
     root = _models_dir()
@@ -199,12 +199,21 @@ def shipped_models() -> list[dict]:
                 "voltage_range_kv": trained_voltage_range(cfg, info["card"]),
             }
         )
-    return sorted(out, key=lambda m: (not m["use_voltage"], m["name"] != DEFAULT_MODEL_NAME, m["name"]))
+    return sorted(out, key=lambda m: (m["name"] != DEFAULT_MODEL_NAME, not m["use_voltage"], m["name"]))
 
 
-def default_model_path(prefer_voltage: bool = True) -> Path:
-    """The shipped model to use when none is given: a voltage-aware one if shipped (and preferred), else
-    ``saved_models/ni20-physics/model.keras``.
+def default_model_path(voltage_kv=None) -> Path:
+    """The shipped model to use when none is given: the one made for the requested voltages.
+
+    Among the shipped models whose trained voltage range covers every requested voltage, the narrowest range wins:
+    a model trained on exactly these voltages (``ni20-physics``: EMsoft dynamical 20 kV patterns) is more faithful
+    than a wider one (``ni-voltage-physics``: kinematical 10-30 kV). When none covers them all, the model with the
+    widest range is returned (generation then warns about the voltages outside it).
+
+    Parameters
+    ----------
+    voltage_kv
+        Requested voltages, kV (scalar or array); None means 20 kV, the default of :func:`generate`.
 
     Raises
     ------
@@ -213,14 +222,22 @@ def default_model_path(prefer_voltage: bool = True) -> Path:
         ``$EBSD_KERAS_MODELS`` or pass a model path).
     """
     models = shipped_models()
-    if not prefer_voltage:
-        models = sorted(models, key=lambda m: m["name"] != DEFAULT_MODEL_NAME)
     if not models:
         raise FileNotFoundError(
             f"{_models_dir()}: no shipped model (saved_models/*/model.keras); "
             "pass a model path or set EBSD_KERAS_MODELS"
         )
-    return Path(models[0]["path"])
+    v = np.atleast_1d(np.asarray(SINGLE_VOLTAGE_DEFAULT_KV if voltage_kv is None else voltage_kv, dtype=np.float64))
+    lo, hi = float(v.min()), float(v.max())
+
+    def width(m):
+        a, b = m["voltage_range_kv"]
+        return float(b) - float(a)
+
+    covering = [m for m in models if m["voltage_range_kv"][0] - 1e-6 <= lo and hi <= m["voltage_range_kv"][1] + 1e-6]
+    if covering:
+        return Path(min(covering, key=width)["path"])  # min() keeps shipped_models' order among ties
+    return Path(max(models, key=width)["path"])
 
 
 def load_generator(model=None):
@@ -720,7 +737,8 @@ def generate(
     ----------
     model
         A ``CVAEGAN``, a ``.keras`` path (loaded with Keras' safe mode), or None for the shipped default
-        (:func:`default_model_path`: a voltage-aware shipped model if there is one, else ``ni20-physics``).
+        (:func:`default_model_path`: the narrowest-range shipped model that covers the requested voltages, so
+        ``ni20-physics`` at 20 kV and ``ni-voltage-physics`` at other voltages).
     euler, quaternion, angles, degrees
         Exactly one orientation source; see :func:`read_orientations`. Euler angles are radians unless ``degrees``.
     voltage_kv
@@ -773,6 +791,8 @@ def generate(
     requested = _requested_voltages(voltage_kv, orientations)
     if isinstance(model, (str, os.PathLike)):
         inspect_model_file(model)  # a foreign file is refused before TensorFlow starts
+    elif model is None:
+        model = default_model_path(requested)
     model, minfo = load_generator(model)
     cfg = model.model_config
     volts = _voltages(requested, len(orientations), minfo["voltage_range_kv"], bool(cfg.use_voltage), strict)

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from ebsd_keras.cli import main
 
 
@@ -12,22 +14,36 @@ def test_demo_generates_with_the_shipped_model_and_reports_fidelity(tmp_path, ca
     printed = capsys.readouterr().out
     assert "[5/5]" in printed and "NCC" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"].endswith("model.keras") and summary["generated_patterns"] == summary["dataset"]["test"]
+    assert summary["generated_patterns"] == summary["dataset"]["test"]
+    # fidelity is measured with the model made for the EMsoft 20 kV data; other voltages come from the voltage model
+    assert summary["model"].endswith("ni20-physics/model.keras")
+    assert summary["voltage_model"].endswith("ni-voltage-physics/model.keras") and len(summary["extra_voltages_kv"]) == 4
     fidelity = summary["fidelity"]
     assert fidelity["ncc_mean"] > 0.99 and fidelity["pixels_within_15pct"] > 0.99  # the shipped model is good
     assert (out / "real_vs_generated.png").stat().st_size > 10_000 and (out / "generated_test.h5").is_file()
     assert main(argv) == 2  # an existing output directory is kept without --overwrite
 
 
-def test_demo_shows_other_voltages_for_a_voltage_aware_model():
+def test_demo_shows_other_voltages_from_a_voltage_aware_model(monkeypatch, tmp_path):
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the shared helper
-    from _gen_models import PHYSICS_SINGLE, PHYSICS_VOLTAGE, build_model
+    from _gen_models import PHYSICS_SINGLE, PHYSICS_VOLTAGE, build_model, save_model
 
-    from ebsd_keras.cli.demo import _extra_voltages
+    from ebsd_keras.cli.demo import _voltage_model
+    from ebsd_keras.generation import trained_voltage_range
 
-    assert _extra_voltages(build_model("physics", **PHYSICS_VOLTAGE), (15.0, 25.0), 20.0) == [15.0, 25.0]
-    assert _extra_voltages(build_model("physics", **PHYSICS_SINGLE), (20.0, 20.0), 20.0) == []
-    assert _extra_voltages(build_model(use_voltage=True), (10.0, 30.0), 20.0) == [10.0, 15.0, 25.0, 30.0]
+    voltage_model = build_model("physics", **PHYSICS_VOLTAGE)
+    lo, hi = trained_voltage_range(voltage_model.model_config)
+    model, kv, path = _voltage_model(voltage_model, lo)  # voltage-aware itself: its own range, data kV left out
+    assert model is voltage_model and path is None and kv == list(np.linspace(lo, hi, 5)[1:])
+
+    single = build_model("physics", **PHYSICS_SINGLE)
+    monkeypatch.setenv("EBSD_KERAS_MODELS", str(tmp_path))  # no shipped models: no other voltages
+    assert _voltage_model(single, 20.0) == (single, [], None)
+    (tmp_path / "ni-voltage").mkdir()
+    save_model(tmp_path / "ni-voltage" / "model.keras", "physics", **PHYSICS_VOLTAGE)
+    model, kv, path = _voltage_model(single, 20.0)  # single-voltage: the shipped voltage-aware model's voltages
+    assert model is not single and model.model_config.use_voltage
+    assert path == str(tmp_path / "ni-voltage" / "model.keras") and len(kv) in (4, 5) and min(kv) == lo

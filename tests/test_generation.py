@@ -27,6 +27,7 @@ from ebsd_keras.generation import (
     generate,
     inspect_model_file,
     load_generator,
+    shipped_models,
     trained_voltage_range,
 )
 from ebsd_keras.io.emsoft import iter_emebsd, write_angle_file
@@ -256,7 +257,7 @@ def test_foreign_model_files_are_refused_before_loading(tmp_path):
     assert not (tmp_path / "out.h5").exists()
 
 
-def test_default_model_prefers_a_shipped_voltage_model(paths, tmp_path, monkeypatch):
+def test_default_model_is_the_narrowest_one_covering_the_voltages(paths, tmp_path, monkeypatch):
     root = tmp_path / "saved_models"
     (root / "ni20-physics").mkdir(parents=True)
     with zipfile.ZipFile(paths["cnn"]) as src, zipfile.ZipFile(root / "ni20-physics" / "model.keras", "w") as dst:
@@ -267,13 +268,18 @@ def test_default_model_prefers_a_shipped_voltage_model(paths, tmp_path, monkeypa
     (root / "junk" / "model.keras").write_text("not ours")  # skipped
     monkeypatch.setenv("EBSD_KERAS_MODELS", str(root))
     assert default_model_path() == root / "ni20-physics" / "model.keras"
+    assert default_model_path(15.0) == root / "ni20-physics" / "model.keras"  # the only one: generation warns
     (root / "ni-voltage").mkdir()
     (root / "ni-voltage" / "model.keras").write_bytes(paths["cnn"].read_bytes())
-    assert default_model_path() == root / "ni-voltage" / "model.keras"
-    assert default_model_path(prefer_voltage=False) == root / "ni20-physics" / "model.keras"
+    lo, hi = shipped_models()[1]["voltage_range_kv"]
+    assert shipped_models()[1]["name"] == "ni-voltage" and lo < 20.0 < hi
+    assert default_model_path() == root / "ni20-physics" / "model.keras"  # 20 kV: the model made for it
+    assert default_model_path([20.0, 20.0]) == root / "ni20-physics" / "model.keras"
+    assert default_model_path([lo, 20.0]) == root / "ni-voltage" / "model.keras"  # only the wider one covers both
+    assert default_model_path(hi + 100.0) == root / "ni-voltage" / "model.keras"  # none covers: the widest
 
 
 def test_shipped_model_generates(tmp_path):
-    path = default_model_path(prefer_voltage=False)
+    path = default_model_path(20.0)
     assert path.parent.name == "ni20-physics" and path.stat().st_size < 20e6
     assert inspect_model_file(path)["model_config"]["decoder"] == "physics"

@@ -14,12 +14,12 @@ inside the kikuchipy wheel (no download):
   1. build a small dataset (cubochoric grids, disjoint train/val/test densities, 60 x 60 detector, PC (0.5, 0.5,
      0.6), detector tilt 10 deg, sample tilt 70 deg, CLAHE clip 10 / 4 x 4 tiles) as EMsoft-layout HDF5;
   2. convert it to sharded TFRecords and stream it back with tf.data, reporting the read rate;
-  3. generate the test orientations' patterns with the shipped pretrained model (a voltage-aware model if one is
-     shipped in saved_models/, else ni20-physics at 20 kV; or --model), written as EMsoft-layout HDF5;
+  3. generate the test orientations' patterns with the shipped pretrained model made for these 20 kV EMsoft
+     patterns (saved_models/ni20-physics; or --model), written as EMsoft-layout HDF5;
   4. measure their fidelity against the EMsoft patterns: NCC, BCE gap, pixels within 15 %, and the refined
      dictionary-indexing error on a small subset (--refine-n; the true patterns' floor beside it);
-  5. write a PNG grid of real vs generated patterns (and other voltages for a voltage-aware model) and a summary
-     (summary.json) to DIR.
+  5. write a PNG grid of real vs generated patterns (with the same orientations at 10-30 kV from the shipped
+     voltage-aware model, saved_models/ni-voltage-physics, when there is one) and a summary (summary.json) to DIR.
 
 Every file goes under DIR; an existing DIR is replaced only with --overwrite.
 """
@@ -112,11 +112,11 @@ def _generate_and_measure(args, out: Path) -> dict:
     from ebsd_keras.evaluation.figures import save_pattern_grid
     from ebsd_keras.evaluation.metrics import bce_per_pattern, ncc, optimal_bce, pixel_fraction_within
     from ebsd_keras.evaluation.report import load_test_set
-    from ebsd_keras.generation import generate, load_generator
+    from ebsd_keras.generation import default_model_path, generate, load_generator
     from ebsd_keras.orientation import quaternion_to_euler
 
     test = load_test_set(out / "dataset" / "test.h5", n=None)
-    model, info = load_generator(args.model)
+    model, info = load_generator(args.model or default_model_path(test.voltage_kv))
     lo, hi = info["voltage_range_kv"]
     print(f"[3/5] generating the {len(test)} test patterns with {info['path']} (trained for {lo:g}-{hi:g} kV)")
     t0 = time.perf_counter()
@@ -165,9 +165,9 @@ def _generate_and_measure(args, out: Path) -> dict:
         "generated": generated[cols],
         "10 x (generated - EMsoft)": np.clip(10.0 * (generated[cols] - truth[cols]), -1.0, 1.0),  # visible
     }
-    voltages = _extra_voltages(model, (lo, hi), test.voltage_kv[cols[0]])
+    voltage_model, voltages, voltage_path = _voltage_model(model, test.voltage_kv[cols[0]])
     for kv in voltages:
-        rows[f"generated {kv:g} kV"] = generate(model, quaternion=test.quaternion[cols], voltage_kv=kv).patterns
+        rows[f"generated {kv:g} kV"] = generate(voltage_model, quaternion=test.quaternion[cols], voltage_kv=kv).patterns
     euler = np.rad2deg(quaternion_to_euler(test.quaternion[cols]))
     titles = [f"({e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f})" for e in euler]
     save_pattern_grid(out / "real_vs_generated.png", rows, titles=titles, diff_rows=("10 x (generated - EMsoft)",))
@@ -176,20 +176,36 @@ def _generate_and_measure(args, out: Path) -> dict:
         "model_voltage_range_kv": [lo, hi],
         "generated_patterns": len(test),
         "generation_seconds": round(seconds, 2),
+        "voltage_model": voltage_path,
         "extra_voltages_kv": voltages,
         "fidelity": fidelity,
     }
 
 
-def _extra_voltages(model, vrange, data_kv) -> list:
-    """Other voltages to show for a voltage-aware model: its physics knots, else five across its range."""
+def _voltage_model(model, data_kv):
+    """The model, voltages and model path (None for ``model`` itself) of the grid's other-voltage rows.
+
+    ``model`` itself when it is voltage-aware, else the shipped voltage-aware model if there is one; five voltages
+    across its trained range, ``data_kv`` left out.
+    """
     import numpy as np
 
-    cfg = model.model_config
-    if not cfg.use_voltage or vrange[0] == vrange[1]:
-        return []
-    knots = cfg.physics_voltage_knots_kv if cfg.decoder == "physics" else np.linspace(*vrange, 5)
-    return [float(k) for k in knots if abs(float(k) - float(data_kv)) > 1e-6]
+    from ebsd_keras.generation import load_generator, shipped_models, trained_voltage_range
+
+    path = None
+    if not model.model_config.use_voltage:
+        shipped = [m for m in shipped_models() if m["use_voltage"]]
+        if not shipped:
+            return model, [], None
+        path = str(shipped[0]["path"])
+        model, info = load_generator(path)
+        vrange = info["voltage_range_kv"]
+    else:
+        vrange = trained_voltage_range(model.model_config)
+    if vrange[0] == vrange[1]:
+        return model, [], path
+    voltages = [float(v) for v in np.linspace(*vrange, 5) if abs(float(v) - float(data_kv)) > 1e-6]
+    return model, voltages, path
 
 
 def _refined_di(model, test, args) -> dict:

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 DESCRIPTION = """\
-Generate EBSD patterns with a trained model (default: the shipped model — a voltage-aware one if shipped, else
-saved_models/ni20-physics, Ni 20 kV, 60 x 60).
+Generate EBSD patterns with a trained model (default: the shipped model made for the requested voltages —
+saved_models/ni20-physics (EMsoft Ni 20 kV, 60 x 60) at 20 kV, the default voltage; the voltage-aware
+saved_models/ni-voltage-physics (10-30 kV) at other voltages).
 
 Orientations (exactly one source):
   --euler PHI1 PHI PHI2 [...]   Bunge Euler angles, radians (--degrees for degrees); several triples allowed
