@@ -118,6 +118,7 @@ def train(config: TrainConfig, verbose="auto", callbacks=None, strategy=None) ->
     from ebsd_keras.io.tfrecord import read_metadata, shard_paths
 
     meta = read_metadata(config.data_dir)  # fail on a bad dataset before writing or building anything
+    config = _with_data_geometry(config, meta)
     check_shards(len(shard_paths(config.data_dir, "train", meta)), role, config.data_dir)
     replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
     if config.batch_size % replicas:
@@ -326,6 +327,67 @@ def _truncate_history(path: str, initial_epoch: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # model
 # ----------------------------------------------------------------------------------------------------------------
+def physics_data_overrides(meta: dict, data_dir=None) -> dict:
+    """The physics decoder's detector and contrast fields implied by a TFRecord dataset's metadata.
+
+    The physics decoder projects its master pattern onto a detector fixed in its config, so that detector must be
+    the data's: Bruker pattern centre, detector and sample tilts (degrees) and CLAHE settings come from the sources
+    recorded by ``ebsd-keras convert``; a point group other than m-3m drops the cubic texture symmetry.
+
+    Returns
+    -------
+    dict
+        ``ModelConfig`` field overrides; empty when the metadata records no detector.
+
+    Raises
+    ------
+    EBSDInputError
+        When the sources disagree on the detector or the preprocessing (one physics model cannot fit both).
+    """
+    detectors, groups = set(), set()
+    for src in meta.get("sources") or []:
+        det = src.get("detector")
+        if det:
+            detectors.add((tuple(float(v) for v in det["pc"]), float(det["tilt_deg"]), float(det["sample_tilt_deg"])))
+        group = ((src.get("provenance") or {}).get("sampling") or {}).get("point_group")
+        if group:
+            groups.add(group)
+    if len(detectors) > 1:
+        raise EBSDInputError(
+            f"the sources were recorded with {len(detectors)} different detectors {sorted(detectors)}; the physics "
+            "decoder fits one (train on one geometry, or pass the pattern centre per pattern)",
+            data_dir,
+            "sources.detector",
+        )
+    if not detectors:
+        return {}
+    (pc, tilt, sample_tilt), = detectors
+    out = {"physics_detector_pc": list(pc), "physics_detector_tilt_deg": tilt, "physics_sample_tilt_deg": sample_tilt}
+    clahe = (meta.get("preprocessing") or {}).get("clahe")
+    if clahe:
+        out["physics_contrast"] = "clahe"
+        out["physics_clahe_clip_limit"] = float(clahe["clip_limit"])
+        out["physics_clahe_tiles"] = [int(t) for t in clahe["tiles"]]
+    elif meta.get("preprocessing") is not None:
+        out["physics_contrast"] = "rescale"  # no CLAHE on the targets: none in the model either
+    if groups and groups != {"m-3m"}:
+        out["physics_symmetry"] = "none"
+    return out
+
+
+def _with_data_geometry(config: TrainConfig, meta: dict) -> TrainConfig:
+    """A new physics-decoder model takes the data's detector and contrast (fields the user set win)."""
+    from ebsd_keras.models.presets import get_preset
+
+    if config.init_from is not None or get_preset(config.preset).decoder != "physics":
+        return config
+    derived = physics_data_overrides(meta, config.data_dir)
+    missing = {k: v for k, v in derived.items() if k not in config.model}
+    if missing:
+        logger.info("physics decoder: detector and contrast from the dataset's metadata: %s", missing)
+    return config.replace(model={**missing, **config.model}) if missing else config
+
+
 def _build_model(cfg: TrainConfig):
     """A new CVAEGAN from the preset, or the networks of ``init_from`` in a fresh CVAEGAN (fresh noise seed)."""
     import keras
