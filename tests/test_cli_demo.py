@@ -17,7 +17,8 @@ def test_demo_generates_with_the_shipped_model_and_reports_fidelity(tmp_path, ca
     assert summary["generated_patterns"] == summary["dataset"]["test"]
     # fidelity is measured with the model made for the EMsoft 20 kV data; other voltages come from the voltage model
     assert summary["model"].endswith("ni20-physics/model.keras")
-    assert summary["voltage_model"].endswith("ni-voltage-physics/model.keras") and len(summary["extra_voltages_kv"]) == 4
+    assert summary["voltage_model"].endswith("ni-voltage-physics/model.keras")
+    assert len(summary["extra_voltages_kv"]) == 4
     fidelity = summary["fidelity"]
     assert fidelity["ncc_mean"] > 0.99 and fidelity["pixels_within_15pct"] > 0.99  # the shipped model is good
     assert (out / "real_vs_generated.png").stat().st_size > 10_000 and (out / "generated_test.h5").is_file()

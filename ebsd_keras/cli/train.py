@@ -61,7 +61,9 @@ def register(subparsers) -> None:
     a("--phase", choices=("cvae", "critic", "gan"), help="training phase (default cvae)")
     a("-o", "--output", dest="output_dir", metavar="OUT", help="run directory (created)")
     a("--config", metavar="FILE", help="JSON file of TrainConfig fields (flags override it)")
-    a("--preset", metavar="NAME", help="model preset for a new model: physics (default; detector and contrast from the data), compact, paper, tiny")
+    a("--preset", metavar="NAME",
+      help="model preset for a new model: physics (default; detector and contrast from the data), compact, paper, "
+           "tiny")  # fmt: skip
     a("--use-voltage", action="store_const", const=True, default=None,
       help="new model: take the accelerating voltage as an attribute (multi-voltage data)")  # fmt: skip
     a("--init-from", metavar="MODEL.keras", help="start from this model (a previous phase's model.keras)")

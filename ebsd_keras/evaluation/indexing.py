@@ -244,6 +244,88 @@ class _LockStep:
         self.cond.notify_all()
 
 
+def bobyqa_lockstep(project, q0, targets, width, bound, step, xtol_deg, max_evaluations, on_done=None):
+    """nlopt ``LN_BOBYQA`` maximising the NCC of each pattern, ``width`` patterns in lock-step threads.
+
+    Each thread optimises one pattern at a time over a rotation vector v (radians, within ``bound`` per component;
+    q = exp(v) * q0); their objective calls meet in :class:`_LockStep`, so every ``project`` call is one batch.
+
+    Parameters
+    ----------
+    project
+        (width, 4) quaternions -> (width, P) zero-mean unit-norm rows (float64).
+    q0, targets
+        (N, 4) start quaternions and (N, P) normalised target patterns.
+    width, bound, step, xtol_deg, max_evaluations
+        Threads; trust region and initial step (radians); stopping step (degrees); evaluations per pattern.
+    on_done
+        Called (under a lock) after each pattern, e.g. to advance a progress bar.
+
+    Returns
+    -------
+    q_out, scores, evals
+        (N, 4) refined quaternions (q0 >= 0), (N,) best NCC, (N,) objective evaluations.
+    """
+    import nlopt
+
+    n = len(q0)
+    q_out = q0.copy()
+    scores = np.zeros(n)
+    evals = np.zeros(n, dtype=np.int64)
+    lock = threading.Lock()
+    order = iter(range(n))
+    errors: list[BaseException] = []
+    step_batch = _LockStep(project, width)
+
+    def work(slot: int) -> None:
+        try:
+            while True:
+                with lock:
+                    i = next(order, None)
+                if i is None or errors:
+                    return
+                # best point seen: nlopt's RoundoffLimited exception would otherwise lose the result
+                best = {"f": -np.inf, "v": np.zeros(3), "n": 0}
+
+                def objective(v, grad, i=i, best=best):
+                    best["n"] += 1
+                    q = quaternion_multiply(_rotvec_to_quaternion(v), q0[i])
+                    f = float(step_batch.evaluate(slot, q) @ targets[i])
+                    if f > best["f"]:
+                        best["f"], best["v"] = f, np.array(v, dtype=np.float64)
+                    return f
+
+                opt = nlopt.opt(nlopt.LN_BOBYQA, 3)
+                opt.set_max_objective(objective)
+                opt.set_lower_bounds([-bound] * 3)
+                opt.set_upper_bounds([bound] * 3)
+                opt.set_initial_step([step] * 3)
+                opt.set_xtol_abs(math.radians(xtol_deg))
+                opt.set_maxeval(int(max_evaluations))
+                with contextlib.suppress(nlopt.RoundoffLimited):
+                    opt.optimize(np.zeros(3))
+                q = quaternion_multiply(_rotvec_to_quaternion(best["v"]), q0[i])
+                q_out[i] = np.where(q[:1] < 0, -q, q)
+                scores[i] = best["f"]
+                evals[i] = best["n"]
+                if on_done is not None:
+                    with lock:
+                        on_done()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+        finally:
+            step_batch.retire()
+
+    threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in range(width)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return q_out, scores, evals
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Indexer
 # ----------------------------------------------------------------------------------------------------------------
@@ -584,70 +666,20 @@ class Indexer:
         step = min(math.radians(initial_step_deg), 0.5 * bound)
         targets = _normalized_rows(pats, dtype=np.float64)
         n = len(pats)
-        q_out = q0.copy()
-        scores = np.zeros(n)
-        evals = np.zeros(n, dtype=np.int64)
         width = max(1, min(int(workers), n))
         fn = self._keras_fn("float64")
 
         def project(qs):
             return _normalized_rows(self.preprocess(np.asarray(fn(qs))), dtype=np.float64)
 
-        lock = threading.Lock()
-        order = iter(range(n))
-        errors: list[BaseException] = []
         t0 = time.perf_counter()
         bar = tqdm(total=n, unit="pattern", desc=desc, disable=not self.progress, dynamic_ncols=True)
-        step_batch = _LockStep(project, width)
-
-        def work(slot: int) -> None:
-            try:
-                while True:
-                    with lock:
-                        i = next(order, None)
-                    if i is None or errors:
-                        return
-                    # best point seen: nlopt's RoundoffLimited exception would otherwise lose the result
-                    best = {"f": -np.inf, "v": np.zeros(3), "n": 0}
-
-                    def objective(v, grad, i=i, best=best):
-                        best["n"] += 1
-                        q = quaternion_multiply(_rotvec_to_quaternion(v), q0[i])
-                        f = float(step_batch.evaluate(slot, q) @ targets[i])
-                        if f > best["f"]:
-                            best["f"], best["v"] = f, np.array(v, dtype=np.float64)
-                        return f
-
-                    opt = nlopt.opt(nlopt.LN_BOBYQA, 3)
-                    opt.set_max_objective(objective)
-                    opt.set_lower_bounds([-bound] * 3)
-                    opt.set_upper_bounds([bound] * 3)
-                    opt.set_initial_step([step] * 3)
-                    opt.set_xtol_abs(math.radians(xtol_deg))
-                    opt.set_maxeval(int(max_evaluations))
-                    with contextlib.suppress(nlopt.RoundoffLimited):
-                        opt.optimize(np.zeros(3))
-                    q = quaternion_multiply(_rotvec_to_quaternion(best["v"]), q0[i])
-                    q_out[i] = np.where(q[:1] < 0, -q, q)
-                    scores[i] = best["f"]
-                    evals[i] = best["n"]
-                    with lock:
-                        bar.update(1)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                errors.append(exc)
-            finally:
-                step_batch.retire()
-
-        threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in range(width)]
         try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            q_out, scores, evals = bobyqa_lockstep(
+                project, q0, targets, width, bound, step, xtol_deg, max_evaluations, on_done=lambda: bar.update(1)
+            )
         finally:
             bar.close()
-        if errors:
-            raise errors[0]
         seconds = time.perf_counter() - t0
         return RefineResult(
             quaternion=q_out,

@@ -40,9 +40,7 @@ pattern centres Bruker (PCx, PCy, PCz).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -53,10 +51,10 @@ from ebsd_keras.evaluation.indexing import (
     DEFAULT_TRUST_REGION_DEG,
     RefineResult,
     _as_pattern_stack,
-    _LockStep,
     _normalized_rows,
     _positive_scalar,
     _rotvec_to_quaternion,
+    bobyqa_lockstep,
 )
 from ebsd_keras.orientation import normalize_quaternions, quaternion_multiply
 
@@ -701,57 +699,8 @@ def refine_bobyqa_generator(
     def project(qs):
         return _normalized_rows(np.asarray(compiled(tf.constant(qs, tf.float32))), dtype=np.float64)
 
-    q_out = q0.copy()
-    scores = np.zeros(n)
-    evals = np.zeros(n, dtype=np.int64)
-    lock = threading.Lock()
-    order = iter(range(n))
-    errors: list[BaseException] = []
-    lockstep = _LockStep(project, width)
-
-    def work(slot: int) -> None:
-        try:
-            while True:
-                with lock:
-                    i = next(order, None)
-                if i is None or errors:
-                    return
-                best = {"f": -np.inf, "v": np.zeros(3), "n": 0}
-
-                def objective(v, grad, i=i, best=best):
-                    best["n"] += 1
-                    q = quaternion_multiply(_rotvec_to_quaternion(v), q0[i])
-                    f = float(lockstep.evaluate(slot, q) @ targets[i])
-                    if f > best["f"]:
-                        best["f"], best["v"] = f, np.array(v, dtype=np.float64)
-                    return f
-
-                opt = nlopt.opt(nlopt.LN_BOBYQA, 3)
-                opt.set_max_objective(objective)
-                opt.set_lower_bounds([-bound] * 3)
-                opt.set_upper_bounds([bound] * 3)
-                opt.set_initial_step([step] * 3)
-                opt.set_xtol_abs(math.radians(xtol_deg))
-                opt.set_maxeval(int(max_evaluations))
-                with contextlib.suppress(nlopt.RoundoffLimited):
-                    opt.optimize(np.zeros(3))
-                q = quaternion_multiply(_rotvec_to_quaternion(best["v"]), q0[i])
-                q_out[i] = np.where(q[:1] < 0, -q, q)
-                scores[i] = best["f"]
-                evals[i] = best["n"]
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(exc)
-        finally:
-            lockstep.retire()
-
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in range(width)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    q_out, scores, evals = bobyqa_lockstep(project, q0, targets, width, bound, step, xtol_deg, max_evaluations)
     return RefineResult(
         quaternion=q_out,
         score=scores,

@@ -361,7 +361,7 @@ def physics_data_overrides(meta: dict, data_dir=None) -> dict:
         )
     if not detectors:
         return {}
-    (pc, tilt, sample_tilt), = detectors
+    ((pc, tilt, sample_tilt),) = detectors
     out = {"physics_detector_pc": list(pc), "physics_detector_tilt_deg": tilt, "physics_sample_tilt_deg": sample_tilt}
     clahe = (meta.get("preprocessing") or {}).get("clahe")
     if clahe:
