@@ -166,8 +166,9 @@ def _generate_and_measure(args, out: Path) -> dict:
         "10 x (generated - EMsoft)": np.clip(10.0 * (generated[cols] - truth[cols]), -1.0, 1.0),  # visible
     }
     voltage_model, voltages, voltage_path = _voltage_model(model, test.voltage_kv[cols[0]])
+    label = "generated" if voltage_path is None else Path(voltage_path).parent.name  # say which model made them
     for kv in voltages:
-        rows[f"generated {kv:g} kV"] = generate(voltage_model, quaternion=test.quaternion[cols], voltage_kv=kv).patterns
+        rows[f"{label} {kv:g} kV"] = generate(voltage_model, quaternion=test.quaternion[cols], voltage_kv=kv).patterns
     euler = np.rad2deg(quaternion_to_euler(test.quaternion[cols]))
     titles = [f"({e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f})" for e in euler]
     save_pattern_grid(out / "real_vs_generated.png", rows, titles=titles, diff_rows=("10 x (generated - EMsoft)",))
