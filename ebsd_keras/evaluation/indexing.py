@@ -854,6 +854,11 @@ def master_pattern_from_metadata(metadata: dict, energy_kv: float, path=None, ov
     entry = match[0]
     if entry.get("kind") == "kinematical":
         return kinematical_master_pattern(energy_kv, half_size=int(entry.get("half_size", 200)))
+    if entry.get("kind") == "ebsdsim-dynamical":
+        # simulated, not stored: the same call as the build (minutes per voltage on a CPU; --master-pattern avoids it)
+        from ebsd_keras.data.simulate import ebsdsim_master_pattern
+
+        return ebsdsim_master_pattern(energy_kv, half_size=int(entry.get("half_size", 60)))
     if entry.get("embedded"):
         return load_master_pattern(None, energy_kv)
     file = entry.get("file")

@@ -133,3 +133,18 @@ def test_provenance_readers(test_set):
         master_pattern_from_metadata(meta, 30.0)
     with pytest.raises(EBSDInputError, match="detector"):
         indexer_from_metadata({"preprocessing": meta["preprocessing"]}, 20.0)
+
+
+def test_master_pattern_of_an_ebsdsim_dataset_is_simulated_again(monkeypatch):
+    """ebsdsim master patterns are not stored: evaluation reruns the build's simulation with the recorded size."""
+    import ebsd_keras.data.simulate as simulate
+    from ebsd_keras.evaluation.indexing import master_pattern_from_metadata
+
+    calls = []
+    monkeypatch.setattr(simulate, "ebsdsim_master_pattern", lambda kv, half_size: calls.append((kv, half_size)) or "mp")
+    meta = {
+        "source": {"per_voltage": [{"kind": "ebsdsim-dynamical", "file": None, "energy_kv": 15.0, "half_size": 40}]}
+    }
+    assert master_pattern_from_metadata(meta, 15.0) == "mp" and calls == [(15.0, 40)]
+    with pytest.raises(EBSDInputError, match="no master pattern for 20 kV"):
+        master_pattern_from_metadata(meta, 20.0, path="set.h5")
