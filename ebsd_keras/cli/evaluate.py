@@ -136,7 +136,7 @@ def run(args) -> int:
         if not args.no_prior_samples:
             variants[f"{label} (prior samples)"] = model_generator(model, sample=True, seed=args.seed)
     if args.voltage_only:
-        _voltage(args, generate_fn)
+        _voltage(args, generate_fn, model)
         return 0
     results = evaluate_generator(
         generate_fn,
@@ -161,12 +161,12 @@ def run(args) -> int:
     _print_summary(results)
     print(f"report written to {args.output}")
     if args.voltage:
-        _voltage(args, generate_fn)
+        _voltage(args, generate_fn, model)
     return 0
 
 
-def _voltage(args, generate_fn) -> None:
-    from ebsd_keras.evaluation.voltage import evaluate_voltage
+def _voltage(args, generate_fn, model=None) -> None:
+    from ebsd_keras.evaluation.voltage import evaluate_voltage, raw_model_generator
 
     res = evaluate_voltage(
         generate_fn,
@@ -177,6 +177,7 @@ def _voltage(args, generate_fn) -> None:
         refine=not args.no_refine,
         seed=args.seed,
         progress=not args.quiet,
+        raw_generate_fn=None if model is None else raw_model_generator(model),  # band widths on raw intensities
     )
     print(f"voltage figures: {', '.join(res['figures'])}")
 
