@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ebsd_keras.data.preprocess import CLAHEConfig, clahe
+from ebsd_keras.data.preprocess import CLAHEConfig, clahe, clahe_from_metadata
 from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.orientation import normalize_quaternions, quaternion_multiply
 
@@ -778,44 +778,6 @@ class Indexer:
 # ----------------------------------------------------------------------------------------------------------------
 # From dataset metadata
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def clahe_from_metadata(metadata: dict, path=None) -> CLAHEConfig | None:
-    """The dataset's CLAHE settings from its provenance (``metadata["preprocessing"]``), ``None`` when it had none.
-
-    Accepts the records this package writes: ``{"rescale": ..., "clahe": CLAHEConfig.to_dict() or "none"}`` (dataset
-    builder) and a bare ``CLAHEConfig.to_dict()`` (CLAHE applied by ``ebsd-keras convert``).
-
-    Raises
-    ------
-    EBSDInputError
-        When no preprocessing is recorded (the dictionary could not be made like the data) or it is unreadable.
-    """
-    field_name = "ebsd_keras/metadata/preprocessing"
-    prep = (metadata or {}).get("preprocessing")
-    if isinstance(prep, str) and prep.strip().lower() == "none":
-        return None
-    if isinstance(prep, dict) and "clahe" in prep:
-        c = prep["clahe"]
-        if c in (None, False) or (isinstance(c, str) and c.strip().lower() in ("none", "no", "off", "")):
-            return None
-    elif isinstance(prep, dict) and "clahe" in str(prep.get("method", "")).lower():
-        c = prep
-    else:
-        raise EBSDInputError(
-            f"preprocessing {prep!r} recorded in the dataset's provenance cannot be reproduced (need CLAHE settings or "
-            "'none'); give it explicitly (--preprocessing clahe|none)",
-            path,
-            field_name,
-        )
-    if not isinstance(c, dict):
-        raise EBSDInputError(f"unreadable CLAHE record {c!r}", path, f"{field_name}/clahe")
-    try:
-        return CLAHEConfig(
-            clip_limit=float(c.get("clip_limit", 10.0)), tiles=tuple(int(t) for t in c.get("tiles", (4, 4)))
-        )
-    except (TypeError, ValueError) as exc:
-        raise EBSDInputError(f"unreadable CLAHE record {c!r}: {exc}", path, f"{field_name}/clahe") from None
 
 
 def master_pattern_from_metadata(metadata: dict, energy_kv: float, path=None, override=None):

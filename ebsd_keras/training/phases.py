@@ -342,8 +342,11 @@ def physics_data_overrides(meta: dict, data_dir=None) -> dict:
     Raises
     ------
     EBSDInputError
-        When the sources disagree on the detector or the preprocessing (one physics model cannot fit both).
+        When the sources disagree on the detector (one physics model cannot fit both) or the recorded
+        preprocessing cannot be read (:func:`~ebsd_keras.data.preprocess.clahe_from_metadata`).
     """
+    from ebsd_keras.data.preprocess import clahe_from_metadata
+
     detectors, groups = set(), set()
     for src in meta.get("sources") or []:
         det = src.get("detector")
@@ -363,13 +366,14 @@ def physics_data_overrides(meta: dict, data_dir=None) -> dict:
         return {}
     ((pc, tilt, sample_tilt),) = detectors
     out = {"physics_detector_pc": list(pc), "physics_detector_tilt_deg": tilt, "physics_sample_tilt_deg": sample_tilt}
-    clahe = (meta.get("preprocessing") or {}).get("clahe")
-    if clahe:
-        out["physics_contrast"] = "clahe"
-        out["physics_clahe_clip_limit"] = float(clahe["clip_limit"])
-        out["physics_clahe_tiles"] = [int(t) for t in clahe["tiles"]]
-    elif meta.get("preprocessing") is not None:
-        out["physics_contrast"] = "rescale"  # no CLAHE on the targets: none in the model either
+    if meta.get("preprocessing") is not None:
+        clahe = clahe_from_metadata(meta, data_dir)  # the record forms of the builder and of convert
+        if clahe is None:
+            out["physics_contrast"] = "rescale"  # no CLAHE on the targets: none in the model either
+        else:
+            out["physics_contrast"] = "clahe"
+            out["physics_clahe_clip_limit"] = float(clahe.clip_limit)
+            out["physics_clahe_tiles"] = [int(t) for t in clahe.tiles]
     if groups and groups != {"m-3m"}:
         out["physics_symmetry"] = "none"
     return out

@@ -13,7 +13,8 @@ def source(pc=(0.45, 0.52, 0.63), tilt=5.0, sample_tilt=68.0, group="m-3m"):
 
 
 def meta(*sources, clahe=(7.0, (2, 3))):
-    pre = {"rescale": "per pattern"}
+    """Metadata as the dataset builder records it: CLAHE settings, or "none"."""
+    pre = {"rescale": "per pattern", "clahe": "none"}
     if clahe:
         pre["clahe"] = {"clip_limit": clahe[0], "tiles": list(clahe[1])}
     return {"sources": list(sources), "preprocessing": pre}
@@ -29,6 +30,15 @@ def test_detector_and_clahe_come_from_the_metadata():
         "physics_clahe_clip_limit": 7.0,
         "physics_clahe_tiles": [2, 3],
     }
+
+
+def test_clahe_applied_by_convert_is_read_too():
+    m = {"sources": [source()], "preprocessing": {"method": "clahe-opencv", "clip_limit": 4.0, "tiles": [8, 8]}}
+    out = physics_data_overrides(m)
+    assert out["physics_contrast"] == "clahe" and out["physics_clahe_clip_limit"] == 4.0
+    assert out["physics_clahe_tiles"] == [8, 8]
+    with pytest.raises(EBSDInputError, match="cannot be reproduced"):
+        physics_data_overrides({"sources": [source()], "preprocessing": {"rescale": "x"}}, "DATA")
 
 
 def test_no_clahe_means_rescale_and_other_point_groups_drop_the_cubic_symmetry():
