@@ -53,32 +53,15 @@ EDGE_HALF_WINDOW_DEG = 0.5
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _detector_directions(detector: dict) -> np.ndarray:
-    """(H*W, 3) sample-frame unit directions of the detector pixels (the projection's geometry)."""
+def _geometry(detector: dict):
+    """The :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` of a recorded detector (extra keys ignored)."""
     from ebsd_keras.simulations.geometry import DetectorGeometry
-    from ebsd_keras.simulations.projection import LambertProjector
 
-    geometry = DetectorGeometry(
+    return DetectorGeometry(
         shape=tuple(detector["shape"]),
         pc=tuple(detector["pc"]),
         tilt_deg=float(detector["tilt_deg"]),
         sample_tilt_deg=float(detector["sample_tilt_deg"]),
-    )
-    return np.asarray(LambertProjector(geometry, 2).directions, dtype=np.float64).reshape(-1, 3)
-
-
-def _rotation_matrices(q: np.ndarray) -> np.ndarray:
-    """Active rotation matrices (N, 3, 3) of unit quaternions (crystal = R sample, as the projection)."""
-    q = np.asarray(q, np.float64)
-    q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    a, b, c, d = q.T
-    return np.stack(
-        [
-            np.stack([a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)], -1),
-            np.stack([2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)], -1),
-            np.stack([2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d], -1),
-        ],
-        -2,
     )
 
 
@@ -106,10 +89,13 @@ def band_profile_widths(patterns, quaternions, detector: dict, families=BAND_FAM
 
     x = np.asarray(patterns, np.float64).reshape(len(patterns), -1)
     x = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-12)
-    dirs = _detector_directions(detector)
+    from ebsd_keras.simulations.geometry import direction_cosines
+    from ebsd_keras.simulations.projection import quaternion_to_matrix
+
+    dirs = direction_cosines(_geometry(detector))  # (H*W, 3) sample-frame pixel directions, float64
     if dirs.shape[0] != x.shape[1]:
         raise EBSDInputError(f"patterns have {x.shape[1]} pixels, the detector {dirs.shape[0]}", None, "detector")
-    rot = _rotation_matrices(quaternions)
+    rot = np.asarray(quaternion_to_matrix(np.asarray(quaternions, np.float64)))  # active R(q), as the projection
     crystal = np.einsum("nij,pj->npi", rot, dirs)  # (N, P, 3) crystal-frame pixel directions
     edges = np.arange(0.0, PROFILE_MAX_DEG + 1e-9, PROFILE_BIN_DEG)
     centres = 0.5 * (edges[1:] + edges[:-1])
@@ -182,20 +168,13 @@ def _edge_angle(angles: np.ndarray, profile: np.ndarray, half_window_deg: float 
 
 def _raw_true_patterns(test_set, quaternions, kv: float, batch: int = 256) -> np.ndarray:
     """Raw projections (N, H, W) of the test set's own master pattern at ``kv`` (before any contrast step)."""
-    from ebsd_keras.simulations.geometry import DetectorGeometry
     from ebsd_keras.simulations.projection import LambertProjector
 
     det = test_set.metadata["detector"]
     mp = _master_at(test_set.metadata, kv, test_set.description.get("path"))
     data = np.asarray(mp.data, np.float32)
     north, south = (data[-2], data[-1]) if data.ndim >= 3 else (data, data)  # an upper hemisphere serves both
-    geometry = DetectorGeometry(
-        shape=tuple(det["shape"]),
-        pc=tuple(det["pc"]),
-        tilt_deg=float(det["tilt_deg"]),
-        sample_tilt_deg=float(det["sample_tilt_deg"]),
-    )
-    projector = LambertProjector(geometry, (north.shape[0] - 1) // 2)
+    projector = LambertProjector(_geometry(det), (north.shape[0] - 1) // 2)
     q = np.asarray(quaternions, np.float32)
     return np.concatenate([np.asarray(projector(north, south, q[i : i + batch])) for i in range(0, len(q), batch)])
 

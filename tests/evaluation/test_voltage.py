@@ -43,10 +43,13 @@ def _ideal_bands(q, kv, families, blur_deg=0.0):
     """Kinematical top-hat bands of half-width theta_B at the detector pixels (|F| weights; optional edge blur)."""
     from scipy.special import erfc
 
-    from ebsd_keras.evaluation.voltage import _detector_directions, _rotation_matrices
+    from ebsd_keras.evaluation.voltage import _geometry
     from ebsd_keras.models.physics import cubic_plane_normals
+    from ebsd_keras.simulations.geometry import direction_cosines
+    from ebsd_keras.simulations.projection import quaternion_to_matrix
 
-    crystal = np.einsum("nij,pj->npi", _rotation_matrices(q), _detector_directions(DET))
+    rot = np.asarray(quaternion_to_matrix(np.asarray(q, np.float64)))
+    crystal = np.einsum("nij,pj->npi", rot, direction_cosines(_geometry(DET)))
     img = np.zeros(crystal.shape[:2])
     for hkl, weight in families:
         normals, _, _ = cubic_plane_normals([hkl])
