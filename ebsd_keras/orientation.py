@@ -26,6 +26,7 @@ __all__ = [
     "euler_to_quaternion",
     "quaternion_to_euler",
     "quaternion_multiply",
+    "hamilton_terms",
     "quaternion_conjugate",
     "normalize_quaternions",
     "check_euler_radians",
@@ -165,17 +166,22 @@ def quaternion_multiply(a, b) -> np.ndarray:
     """Hamilton product a * b of (N, 4) (or broadcastable (..., 4)) quaternions."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    a0, a1, a2, a3 = np.moveaxis(a, -1, 0)
-    b0, b1, b2, b3 = np.moveaxis(b, -1, 0)
-    return np.stack(
-        [
-            a0 * b0 - a1 * b1 - a2 * b2 - a3 * b3,
-            a0 * b1 + a1 * b0 + a2 * b3 - a3 * b2,
-            a0 * b2 - a1 * b3 + a2 * b0 + a3 * b1,
-            a0 * b3 + a1 * b2 - a2 * b1 + a3 * b0,
-        ],
-        axis=-1,
-    )
+    return np.stack(hamilton_terms(np.moveaxis(a, -1, 0), np.moveaxis(b, -1, 0)), axis=-1)
+
+
+def hamilton_terms(a, b) -> list:
+    """The four components of the Hamilton product a * b from the components (a0..a3), (b0..b3) of each.
+
+    Array-library agnostic (numpy arrays, tensors): callers split and stack in their own library.
+    """
+    a0, a1, a2, a3 = a
+    b0, b1, b2, b3 = b
+    return [
+        a0 * b0 - a1 * b1 - a2 * b2 - a3 * b3,
+        a0 * b1 + a1 * b0 + a2 * b3 - a3 * b2,
+        a0 * b2 - a1 * b3 + a2 * b0 + a3 * b1,
+        a0 * b3 + a1 * b2 - a2 * b1 + a3 * b0,
+    ]
 
 
 def _cubic_max_scalar(delta: np.ndarray) -> np.ndarray:

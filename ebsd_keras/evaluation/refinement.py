@@ -56,7 +56,7 @@ from ebsd_keras.evaluation.indexing import (
     _rotvec_to_quaternion,
     bobyqa_lockstep,
 )
-from ebsd_keras.orientation import normalize_quaternions, quaternion_multiply
+from ebsd_keras.orientation import hamilton_terms, normalize_quaternions, quaternion_multiply
 
 __all__ = [
     "METHODS",
@@ -392,17 +392,7 @@ def _hamilton(a, b):
     """Hamilton product of (B, 4) quaternion tensors."""
     import tensorflow as tf
 
-    a0, a1, a2, a3 = tf.unstack(a, axis=-1)
-    b0, b1, b2, b3 = tf.unstack(b, axis=-1)
-    return tf.stack(
-        [
-            a0 * b0 - a1 * b1 - a2 * b2 - a3 * b3,
-            a0 * b1 + a1 * b0 + a2 * b3 - a3 * b2,
-            a0 * b2 - a1 * b3 + a2 * b0 + a3 * b1,
-            a0 * b3 + a1 * b2 - a2 * b1 + a3 * b0,
-        ],
-        axis=-1,
-    )
+    return tf.stack(hamilton_terms(tf.unstack(a, axis=-1), tf.unstack(b, axis=-1)), axis=-1)
 
 
 def _cap_norm(step: np.ndarray, cap: float) -> np.ndarray:
