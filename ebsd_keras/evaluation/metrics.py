@@ -18,6 +18,7 @@ __all__ = [
     "bce_per_pattern",
     "optimal_bce",
     "pixel_fraction_within",
+    "pixel_metrics",
     "ncc",
     "summarize",
     "disorientation_stats",
@@ -166,3 +167,24 @@ def disorientation_stats(q_ref, q_found) -> tuple[np.ndarray, dict]:
     """
     angles = disorientation(q_ref, q_found)
     return angles, summarize(angles)
+
+
+def pixel_metrics(truth, generated, tol: float = 0.15) -> tuple[dict, dict]:
+    """The pixel-level fidelity of generated patterns against the truth (the evaluation's, paper Table 1).
+
+    Returns
+    -------
+    stats, per
+        ``per``: per-pattern arrays ``bce``, ``optimal_bce``, ``bce_gap`` (BCE minus the truth's entropy),
+        ``within_15pct`` (fraction of pixels within ``tol``), ``ncc``; ``stats``: :func:`summarize` of each, plus
+        ``patterns_with_80pct_within`` / ``patterns_with_95pct_within`` (fractions of patterns).
+    """
+    bce = bce_per_pattern(truth, generated)
+    opt = optimal_bce(truth)
+    within = pixel_fraction_within(truth, generated, tol)
+    corr = ncc(truth, generated)
+    per = {"bce": bce, "optimal_bce": opt, "bce_gap": bce - opt, "within_15pct": within, "ncc": corr}
+    stats = {k: summarize(v) for k, v in per.items()}
+    stats["patterns_with_80pct_within"] = float(np.mean(within >= 0.8))
+    stats["patterns_with_95pct_within"] = float(np.mean(within >= 0.95))
+    return stats, per

@@ -137,14 +137,7 @@ def evaluate_pattern_centres(
     """
     from ebsd_keras.data.preprocess import CLAHEConfig
     from ebsd_keras.data.simulate import load_master_pattern
-    from ebsd_keras.evaluation.metrics import (
-        bce_per_pattern,
-        disorientation_stats,
-        ncc,
-        optimal_bce,
-        pixel_fraction_within,
-        summarize,
-    )
+    from ebsd_keras.evaluation.metrics import disorientation_stats, pixel_metrics, summarize
 
     takes_pc = getattr(model, "takes_pattern_centre", None)
     decoder = getattr(model, "decoder", model)
@@ -181,13 +174,8 @@ def evaluate_pattern_centres(
         det = {**detector, "pc": list(pc)}
         truth = true_patterns_at(mp, q, det, energy_kv, clahe_config)
         gen = _generate(model, q, pc)
-        t = truth.astype(np.float64) / 255.0
-        row = {
-            "pc": list(pc),
-            "ncc": summarize(ncc(t, gen)),
-            "bce_gap": summarize(bce_per_pattern(t, gen) - optimal_bce(t)),
-            "within_15pct": summarize(pixel_fraction_within(t, gen)),
-        }
+        stats, _ = pixel_metrics(truth.astype(np.float64) / 255.0, gen)
+        row = {"pc": list(pc), **{k: stats[k] for k in ("ncc", "bce_gap", "within_15pct")}}
         if refine:
             from ebsd_keras.evaluation.indexing import Indexer
 

@@ -37,11 +37,8 @@ import numpy as np
 from ebsd_keras._versions import package_versions
 from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.evaluation.metrics import (
-    bce_per_pattern,
     disorientation_stats,
-    ncc,
-    optimal_bce,
-    pixel_fraction_within,
+    pixel_metrics,
     summarize,
 )
 
@@ -456,18 +453,6 @@ def _throughput(generate_fn, test_set: TestSet, batch: int = 256, min_seconds: f
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _pixel_metrics(truth: np.ndarray, generated: np.ndarray) -> tuple[dict, dict]:
-    bce = bce_per_pattern(truth, generated)
-    opt = optimal_bce(truth)
-    within = pixel_fraction_within(truth, generated, PIXEL_TOLERANCE)
-    corr = ncc(truth, generated)
-    per = {"bce": bce, "optimal_bce": opt, "bce_gap": bce - opt, "within_15pct": within, "ncc": corr}
-    stats = {k: summarize(v) for k, v in per.items()}
-    stats["patterns_with_80pct_within"] = float(np.mean(within >= 0.8))
-    stats["patterns_with_95pct_within"] = float(np.mean(within >= 0.95))
-    return stats, per
-
-
 def _pixel_histogram(truth: np.ndarray, generated: np.ndarray | None) -> dict:
     edges = np.linspace(0.0, 1.0, _HIST_BINS + 1)
     out = {"bin_edges": edges.tolist(), "real": np.histogram(truth, bins=edges)[0].tolist()}
@@ -764,15 +749,15 @@ def evaluate_generator(
         timing["generate_s"] = time.perf_counter() - t0
 
     # Pixel metrics
-    floor_pixel, floor_per = _pixel_metrics(truth, truth)
+    floor_pixel, floor_per = pixel_metrics(truth, truth, PIXEL_TOLERANCE)
     pixel = {"true": floor_pixel}
     per_pattern = {"index": ts.index, "optimal_bce": floor_per["optimal_bce"]}
     if generated is not None:
-        pixel[label], gen_per = _pixel_metrics(truth, generated)
+        pixel[label], gen_per = pixel_metrics(truth, generated, PIXEL_TOLERANCE)
         per_pattern.update({f"{label}_{k}": v for k, v in gen_per.items() if k != "optimal_bce"})
     for name, fn in (variants or {}).items():
         g = _run_generator(fn, ts, batch_size, progress, f"generating ({name})")
-        pixel[name], var_per = _pixel_metrics(truth, g)
+        pixel[name], var_per = pixel_metrics(truth, g, PIXEL_TOLERANCE)
         per_pattern.update({f"{name}_{k}": v for k, v in var_per.items() if k in ("bce", "within_15pct", "ncc")})
 
     # Dictionary indexing and refinement of the generated and the true patterns
