@@ -62,6 +62,8 @@ PHYSICS_CONTRASTS = ("clahe", "learned", "rescale")
 #: How a physics voltage model varies its master pattern with kV: "knots" (texture channels blended linearly in kV),
 #: "bands" (learned band profiles whose widths scale with the Bragg angles at each voltage).
 PHYSICS_VOLTAGE_MODELS = ("knots", "bands")
+#: Where "bands" models evaluate their profiles: on a Lambert grid, or at each detector pixel's direction.
+PHYSICS_BAND_RENDERS = ("lambert", "detector")
 
 
 def _tuplify(value):
@@ -125,7 +127,9 @@ class ModelConfig:
         voltage-independent texture when ``physics_band_texture``); ``physics_band_reflectors`` the (hkl)
         families, ``physics_band_lattice_nm`` the cubic lattice parameter (nm), ``physics_band_profile`` (knots,
         extent in Bragg angles) of each profile, ``physics_band_blur`` the half side (Lambert pixels) of a
-        learned blur of the band texture that is fixed in angle (0: none).
+        learned blur of the band texture that is fixed in angle (0: none), ``physics_band_render`` "lambert" (band
+        texture on the ``physics_npx`` Lambert grid) or "detector" (profiles evaluated at each detector pixel's
+        direction: exact band edges, any voltage per pattern; the blur is then unused).
     decoder_upsampling
         "resize" (upsample, then convolve) or "transpose" (transposed convolutions, as in the paper).
     critic_activation
@@ -187,6 +191,7 @@ class ModelConfig:
     physics_band_profile: tuple = (48, 3.0)
     physics_band_texture: bool = True
     physics_band_blur: int = 2
+    physics_band_render: str = "lambert"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -257,6 +262,7 @@ class ModelConfig:
         )
         need(float(self.physics_band_lattice_nm) > 0, "physics_band_lattice_nm must be positive (nm)")
         need(int(self.physics_band_blur) == self.physics_band_blur >= 0, "physics_band_blur must be an int >= 0")
+        need(self.physics_band_render in PHYSICS_BAND_RENDERS, f"physics_band_render: {PHYSICS_BAND_RENDERS}")
         need(
             len(self.physics_band_profile) == 2
             and int(self.physics_band_profile[0]) >= 2
@@ -500,7 +506,8 @@ def _physics_decoder_parameters(cfg: ModelConfig) -> int:
         total += (
             n_fam * int(cfg.physics_band_profile[0])
             + n_fam
-            + (2 * int(cfg.physics_band_blur) + 1) ** 2 * (int(cfg.physics_band_blur) > 0)
+            + (2 * int(cfg.physics_band_blur) + 1) ** 2
+            * (int(cfg.physics_band_blur) > 0 and cfg.physics_band_render == "lambert")
         )
     # contrast head: "learned" sees (standardised, locally normalised, local mean, y, x); the residual head of the
     # other modes sees (probability, y, x); 3x3 convolutions, then a 1x1 convolution to the logits

@@ -1,6 +1,7 @@
 """The physics-informed decoder: symmetry folding, projection of a known master pattern against kikuchipy, the
 dataset's CLAHE reproduced in the graph, serialization, training, export of the learned master pattern, CVAEGAN."""
 
+import dataclasses
 import itertools
 
 import h5py
@@ -454,3 +455,26 @@ def test_band_model_exports_hemispheres_per_voltage(tmp_path):
     assert one_n.shape == (1, 41, 41) and one_e.tolist() == [12.5]
     export_master_pattern(decoder, tmp_path / "mp.h5")
     assert read_master_pattern(tmp_path / "mp.h5").energies_kev.tolist() == [10.0, 15.0, 20.0, 25.0, 30.0]
+
+
+def test_detector_rendered_bands_match_the_lambert_rendered_ones_and_take_any_voltage_per_pattern():
+    """``physics_band_render="detector"`` evaluates the same profiles at each pixel's direction: with smooth profiles
+    it agrees with the Lambert-grid texture, needs no texture per voltage and keeps its settings in the config."""
+    lam = _band_decoder(npx=150)
+    det = PhysicsDecoder(dataclasses.replace(lam.model_config, physics_band_render="detector"))
+    u = np.linspace(0, 3, 61)
+    smooth = np.exp(-0.5 * (u[None] / np.array([0.6, 0.8, 1.0, 0.5, 0.7])[:, None]) ** 2)  # no hard edge to snap
+    lam.bands.set_profiles(smooth)
+    det.bands.set_profiles(smooth)
+    q = Rotation.random(6).data.astype(np.float32)
+    v = np.array([10.0, 12.5, 17.5, 20.0, 27.5, 30.0], np.float32)  # six voltages in one batch
+    a = np.asarray(lam.project({"quaternion": q, "voltage_kv": v}))
+    b = np.asarray(det.project({"quaternion": q, "voltage_kv": v}))
+    assert _ncc(a, b).min() > 0.995
+    # each row is that voltage's pattern, not another's
+    one = np.asarray(det.project({"quaternion": q[:1], "voltage_kv": v[:1]}))
+    np.testing.assert_allclose(one[0], b[0], rtol=1e-5, atol=1e-5)
+    assert _ncc(b[:1], np.asarray(det.project({"quaternion": q[:1], "voltage_kv": v[-1:]}))).item() < 0.999
+    assert det.bands.get_config()["render"] == "detector" and not hasattr(det.bands, "_sector_cos")
+    with pytest.raises(ValueError, match="physics_band_render"):
+        dataclasses.replace(lam.model_config, physics_band_render="stereographic")
