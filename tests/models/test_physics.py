@@ -478,3 +478,28 @@ def test_detector_rendered_bands_match_the_lambert_rendered_ones_and_take_any_vo
     assert det.bands.get_config()["render"] == "detector" and not hasattr(det.bands, "_sector_cos")
     with pytest.raises(ValueError, match="physics_band_render"):
         dataclasses.replace(lam.model_config, physics_band_render="stereographic")
+
+
+def test_with_contrast_switches_raw_training_to_clahe_output_with_the_same_weights(emsoft):
+    """A texture learned from raw patterns ("rescale") generates CLAHE'd patterns after with_contrast("clahe"):
+    with EMsoft's texture in place, the switched model reproduces the dataset's CLAHE'd projection."""
+    from ebsd_keras.data.preprocess import clahe
+    from ebsd_keras.data.simulate import rescale_per_pattern
+    from ebsd_keras.models.cvaegan import CVAEGAN
+    from ebsd_keras.models.physics import with_contrast
+
+    cfg = _physics(physics_npx=100, physics_contrast="rescale", physics_residual=(0, 0))
+    raw_model = CVAEGAN(config=cfg, seed=0)
+    raw_model.decoder.master_pattern.set_master_pattern(emsoft.north[0])
+    switched = with_contrast(raw_model, "clahe")
+    assert switched.model_config.physics_contrast == "clahe" and raw_model.model_config.physics_contrast == "rescale"
+    for a, b in zip(raw_model.get_weights(), switched.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    q = Rotation.random(4).data.astype(np.float32)
+    raw = np.asarray(raw_model.generate({"quaternion": q}))[..., 0]
+    eq = np.asarray(switched.generate({"quaternion": q}))[..., 0]
+    want = clahe(rescale_per_pattern(raw)) / 255.0
+    assert np.abs(eq - want).max() <= 1.5 / 255  # OpenCV's CLAHE of the raw model's pattern, to a grey level
+    assert _ncc(raw, eq).mean() < 0.98  # and the contrast did change
+    with pytest.raises(ValueError, match="learned"):
+        with_contrast(raw_model, "learned")
