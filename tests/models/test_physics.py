@@ -493,7 +493,8 @@ def test_with_contrast_switches_raw_training_to_clahe_output_with_the_same_weigh
     raw_model.decoder.master_pattern.set_master_pattern(emsoft.north[0])
     switched = with_contrast(raw_model, "clahe")
     assert switched.model_config.physics_contrast == "clahe" and raw_model.model_config.physics_contrast == "rescale"
-    for a, b in zip(raw_model.get_weights(), switched.get_weights()):
+    assert len(raw_model.get_weights()) == len(switched.get_weights())
+    for a, b in zip(raw_model.get_weights(), switched.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     q = Rotation.random(4).data.astype(np.float32)
     raw = np.asarray(raw_model.generate({"quaternion": q}))[..., 0]
