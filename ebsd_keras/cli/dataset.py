@@ -113,7 +113,7 @@ def register(subparsers) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="half side of simulated (kinematical: default 200; ebsdsim: default 60) master patterns",
+        help="half side of simulated (kinematical: default 1000; ebsdsim: default 60) master patterns",
     )
     p.add_argument(
         "--kv", type=float, nargs="+", default=[20.0], metavar="KV", help="accelerating voltage(s) in kV (default 20)"

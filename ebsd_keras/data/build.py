@@ -176,10 +176,11 @@ def _files_per_voltage(voltages, master_pattern, allow_mixed: bool) -> dict:
 
 
 def _load_source(kv: float, kind: str, path, half_size: int, progress: bool):
-    from ebsd_keras.data.simulate import kinematical_master_pattern, load_master_pattern
+    from ebsd_keras.data.simulate import KINEMATICAL_HALF_SIZE, kinematical_master_pattern, load_master_pattern
 
     if kind == "kinematical":
-        return kinematical_master_pattern(kv, half_size=half_size, progress=progress)
+        size = KINEMATICAL_HALF_SIZE if half_size is None else half_size
+        return kinematical_master_pattern(kv, half_size=size, progress=progress)
     if kind == "ebsdsim-dynamical":
         from ebsd_keras.data.simulate import ebsdsim_master_pattern
 
@@ -302,7 +303,7 @@ def build_dataset(
     batch_size: int = 2048,
     overwrite: bool = False,
     progress: bool = True,
-    kinematical_half_size: int = 200,
+    kinematical_half_size: int | None = None,
     ebsdsim_half_size: int = 60,
     shared_tol_deg: float = 1e-4,
 ) -> dict:
@@ -350,7 +351,9 @@ def build_dataset(
     ebsdsim_half_size
         Lambert half side of ebsdsim master patterns (60 -> 121 x 121, minutes per voltage on a CPU).
     kinematical_half_size
-        Half side of kinematical master patterns, pixels.
+        Half side of kinematical master patterns, pixels (default
+        :data:`~ebsd_keras.data.simulate.KINEMATICAL_HALF_SIZE`, fine enough for hard band edges to stop snapping to
+        the grid).
     shared_tol_deg
         Disorientation (degrees) under which orientations of two splits count as the same.
 
