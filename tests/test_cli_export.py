@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the shared helper importable
@@ -38,3 +39,28 @@ def test_export_refuses_foreign_files(tmp_path, capsys):
     assert not (tmp_path / "serving").exists()
     assert main(["export", str(tmp_path / "missing.keras"), "-o", str(tmp_path / "serving")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_export_with_another_contrast_saves_a_switched_model(tmp_path, capsys):
+    from _gen_models import PHYSICS_SINGLE, random_quaternions
+
+    from ebsd_keras.generation import load_generator
+
+    raw = save_model(tmp_path / "raw.keras", preset="physics", physics_contrast="rescale", **PHYSICS_SINGLE)
+    out, switched = tmp_path / "serving", tmp_path / "clahe.keras"
+    argv = ["export", str(raw), "-o", str(out), "--contrast", "clahe", "--clip-limit", "5", "--keras", str(switched)]
+    assert main(argv) == 0
+    assert (out / "1" / "saved_model.pb").is_file()
+    a, _ = load_generator(raw)
+    b, _ = load_generator(switched)
+    assert b.model_config.physics_contrast == "clahe" and b.model_config.physics_clahe_clip_limit == 5.0
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    q = random_quaternions(3)
+    assert not np.allclose(np.asarray(a.generate({"quaternion": q})), np.asarray(b.generate({"quaternion": q})))
+    # a CNN model has no contrast step to switch: exit 2, nothing written
+    tiny = save_model(tmp_path / "tiny.keras")
+    assert main(["export", str(tiny), "-o", str(tmp_path / "s2"), "--contrast", "clahe"]) == 2
+    assert "physics" in capsys.readouterr().err and not (tmp_path / "s2").exists()
+    assert main(["export", str(raw), "-o", str(tmp_path / "s3"), "--keras", str(tmp_path / "k.keras")]) == 2
+    assert "--contrast" in capsys.readouterr().err and not (tmp_path / "k.keras").exists()

@@ -16,9 +16,14 @@ written atomically, with signatures:
 Inputs are validated in the graph (ranks, widths, NaN, 1-60 kV, degrees passed as radians); quaternions are
 normalised. OUT/VERSION/assets.extra/ebsd_keras.json records the model config and its trained voltage range.
 
+--contrast clahe|rescale (physics decoder only) exports the model with another contrast step, e.g. a model trained
+on raw patterns (whose learned master pattern is then the true one, not one only up to CLAHE's monotone ambiguity)
+serving CLAHE'd patterns; --keras FILE also saves that model as a .keras file.
+
 example:
   ebsd-keras export saved_models/ni20-physics/model.keras -o saved_models/ni20-physics
   saved_model_cli show --dir saved_models/ni20-physics/1 --all
+  ebsd-keras export runs/raw/model.keras --contrast clahe --keras runs/raw/model_clahe.keras -o saved_models/ni20
 """
 
 
@@ -33,13 +38,51 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="serving folder OUT (VERSION/ is made inside)")
     p.add_argument("--version", type=int, dest="model_version", help="version number (default: next free, from 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/VERSION")
+    p.add_argument(
+        "--contrast", choices=("clahe", "rescale"), help="physics decoder: export with this contrast step instead"
+    )
+    p.add_argument("--clip-limit", type=float, help="with --contrast clahe: clip limit (default: the model's)")
+    p.add_argument("--tiles", type=int, nargs=2, metavar=("ROWS", "COLS"), help="with --contrast clahe: CLAHE tiles")
+    p.add_argument("--keras", type=Path, dest="keras_out", help="with --contrast: also save that model here (.keras)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ebsd_keras.errors import EBSDInputError
     from ebsd_keras.export import export_saved_model
 
-    target = export_saved_model(args.model, args.output, version=args.model_version, overwrite=args.overwrite)
+    model = args.model
+    if args.contrast is None:
+        if args.keras_out or args.clip_limit is not None or args.tiles:
+            raise EBSDInputError("--keras, --clip-limit and --tiles need --contrast", args.model, "contrast")
+    else:
+        model = _switched(args)
+    target = export_saved_model(model, args.output, version=args.model_version, overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print(f"SavedModel written to {target} ({size / 1e6:.1f} MB); signatures serving_default, with_latent, from_euler")
     return 0
+
+
+def _switched(args):
+    """The model with ``--contrast`` (optionally saved to ``--keras``, atomically)."""
+    import os
+
+    from ebsd_keras._atomic import atomic_path
+    from ebsd_keras.errors import EBSDInputError
+    from ebsd_keras.generation import load_generator
+    from ebsd_keras.models.physics import with_contrast
+
+    loaded, _ = load_generator(args.model)
+    try:
+        model = with_contrast(loaded, args.contrast, clip_limit=args.clip_limit, tiles=args.tiles)
+    except ValueError as err:
+        raise EBSDInputError(str(err), args.model, "contrast") from None
+    if args.keras_out is not None:
+        if args.keras_out.suffix != ".keras":
+            raise EBSDInputError("must end in .keras", args.keras_out, "--keras")
+        with atomic_path(args.keras_out) as tmp:
+            keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
+            model.save(keras_tmp)
+            os.replace(keras_tmp, tmp)
+        print(f"model with contrast {args.contrast!r} saved to {args.keras_out}")
+    return model
