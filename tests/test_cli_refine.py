@@ -1,6 +1,8 @@
 """``ebsd-keras refine``: refines perturbed start angles through a saved physics model, writes HDF5 / angle files
 atomically, and refuses bad input with exit status 2 and no output."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -50,6 +52,8 @@ def test_refine_writes_hdf5_and_prints_accuracy(files, capsys):
         euler = f["EMData/EBSD/EulerAngles"][()]
         q_ref = f["refinement/quaternion"][()]
         assert euler.shape == (N, 3) and f["refinement/score"].shape == (N,)
+        settings = json.loads(f["ebsd_keras"].attrs["metadata"])
+    assert settings["refinement"]["method"] == "gauss-newton-fd"  # the fastest, most accurate one is the default
     err = disorientation(q, q_ref)
     assert disorientation(q, start).mean() > 0.5
     assert err.mean() < 0.1, err  # float32 generator, 60 x 60 patterns of a coarse texture

@@ -8,8 +8,10 @@ from pathlib import Path
 DESCRIPTION = """\
 Refine the orientations of EBSD patterns by maximising the normalised cross-correlation (NCC) between each pattern
 and the generator's pattern, by Gauss-Newton (Levenberg-Marquardt) steps on a rotation-vector perturbation
-q = exp(v) * q_start, derivatives taken through the generator (the physics decoder's in-graph CLAHE with its
-surrogate gradient), batches of patterns at once. Optionally also the pattern centre (--refine-pc).
+q = exp(v) * q_start, batches of patterns at once. The default method (gauss-newton-fd) takes the Jacobian by
+forward differences at every iteration (through the physics decoder's CLAHE with its tile LUTs held fixed);
+gauss-newton takes it by forward-mode differentiation through the CLAHE's surrogate gradient. Optionally also the
+pattern centre (--refine-pc).
 
 Start orientations: dictionary indexing (DI) against the master pattern, detector and preprocessing recorded in
 the pattern file's provenance (or --master-pattern), or --start ANGLES (an EMsoft angle file, 'eu' degrees or 'qu',
@@ -50,19 +52,32 @@ def register(subparsers) -> None:
         help="with --refine-pc: keep the start orientations and calibrate the pattern centre alone (per pattern, a "
         "PC shift and a rotation are nearly interchangeable, so joint refinement pins the PC down poorly)",
     )
-    p.add_argument("--method", choices=("gauss-newton", "adam"), default="gauss-newton", help="optimiser")
-    p.add_argument("--iterations", type=int, default=None, help="iterations at most (12 Gauss-Newton, 150 Adam)")
+    p.add_argument(
+        "--method",
+        choices=("gauss-newton-fd", "gauss-newton", "adam"),
+        default="gauss-newton-fd",
+        help="optimiser (gauss-newton-fd: fastest and most accurate)",
+    )
+    p.add_argument(
+        "--iterations", type=int, default=None, help="iterations at most (10 gauss-newton-fd, 12 gauss-newton, 150 adam)"
+    )
     p.add_argument(
         "--clahe-gradient",
         choices=("lut", "histogram"),
         default="lut",
-        help="CLAHE surrogate gradient of a physics model: lut (fast) or histogram (the training one: slower, fewer "
-        "outliers through a learned master pattern)",
+        help="method gauss-newton: CLAHE surrogate gradient of a physics model, lut (fast) or histogram (the "
+        "training one: slower, fewer outliers through a learned master pattern)",
     )
     p.add_argument(
-        "--hessian-every", type=int, default=None, metavar="K", help="recompute the Gauss-Newton matrix every K steps"
+        "--hessian-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="method gauss-newton: recompute the Gauss-Newton matrix every K steps",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="patterns refined together (256)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="patterns refined together (64 gauss-newton-fd, else 256)"
+    )
     p.add_argument("--trust-region", type=float, default=2.0, metavar="DEG", help="box half-width, degrees (2)")
     p.add_argument("--dictionary-resolution", type=float, default=2.0, metavar="DEG", help="DI grid (2 deg)")
     p.add_argument("--master-pattern", type=Path, help="EMsoft master pattern for DI (default: the provenance's)")
@@ -77,7 +92,7 @@ def _check_args(args) -> None:
 
     if args.n is not None and args.n < 1:
         raise EBSDInputError(f"must be >= 1, got {args.n}", None, "--n")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise EBSDInputError(f"must be >= 1, got {args.batch_size}", None, "--batch-size")
     if args.iterations is not None and args.iterations < 1:
         raise EBSDInputError(f"must be >= 1, got {args.iterations}", None, "--iterations")

@@ -60,12 +60,68 @@ def test_gauss_newton_recovers_perturbed_orientations(generator, patterns):
     pats, q = patterns
     start = _perturb(q, 1.2, seed=1)
     # 6 patterns: two batches, the second padded; no XLA (compiling costs more than it saves on 6 patterns)
-    res = refine_gradient(generator, pats, start, batch_size=4, jit=False)
+    res = refine_gradient(generator, pats, start, method="gauss-newton", batch_size=4, jit=False)
     err = disorientation(q, res.quaternion)
     assert disorientation(q, start).min() > 1.1
     assert np.median(err) < 0.005 and (err < 0.01).sum() >= 5 and err.max() < 0.1, err
     assert res.score.min() > 0.99 and res.quaternion.shape == (N, 4) and (res.quaternion[:, 0] >= 0).all()
     assert (res.iterations >= 1).all() and res.settings["method"] == "gauss-newton"
+
+
+def test_difference_gauss_newton_converges_in_fewer_iterations(generator, patterns):
+    pats, q = patterns
+    start = _perturb(q, 1.0, seed=3)
+    # 6 patterns through 4 slots: two are refilled as the first ones converge
+    res = refine_gradient(generator, pats, start, batch_size=4, jit=False)
+    err = disorientation(q, res.quaternion)
+    assert res.settings["method"] == "gauss-newton-fd" and "fixed-LUT" in res.settings["objective"]
+    assert err.max() < 0.01, err  # from 1 deg (DI-like) to BOBYQA's accuracy
+    assert res.iterations.max() <= 8 and (res.n_evaluations == 4 * res.iterations).all(), res.iterations
+    assert res.score.min() > 0.99 and (res.quaternion[:, 0] >= 0).all()
+    # the chord method (one Jacobian, then gradients) on the same start needs more iterations
+    old = refine_gradient(generator, pats, start, method="gauss-newton", jit=False)
+    assert res.iterations.mean() < old.iterations.mean() - 2, (res.iterations, old.iterations)
+
+
+def test_difference_jacobian_of_the_smooth_map_matches_the_surrogate(generator, patterns):
+    import math
+
+    import tensorflow as tf
+
+    from ebsd_keras.evaluation.indexing import _normalized_rows
+    from ebsd_keras.evaluation.refinement import _steps_for
+
+    pats, q = patterns
+    start = _perturb(q, 0.3, seed=4)
+    x = tf.zeros((N, 3))
+    args = (tf.constant(start, tf.float32), tf.zeros((N, 3)), tf.constant(_normalized_rows(pats)))
+    steps = _steps_for(generator, 3, False, False)
+    f_jvp, g_jvp, h_jvp = steps.jacobian_terms(x, *args)
+    f_fd, g_fd, h_fd = steps.difference_terms(x, *args, tf.constant([math.radians(0.02)] * 3))
+    # the same exact NCC; J^T J and J^T r of the fixed-LUT map by differences and of the "lut" surrogate by JVP
+    np.testing.assert_allclose(np.asarray(f_fd), np.asarray(f_jvp), atol=1e-5)
+    # (not equal: the fixed-LUT map is piecewise linear in the grey level, and a difference over 0.02 deg averages
+    # slopes that the derivative takes at one level)
+    h_fd, h_jvp = np.asarray(h_fd), np.asarray(h_jvp)
+    rel = np.linalg.norm(h_fd - h_jvp, axis=(1, 2)) / np.linalg.norm(h_jvp, axis=(1, 2))
+    cos = np.sum(np.asarray(g_fd) * np.asarray(g_jvp), 1) / np.linalg.norm(g_fd, axis=1) / np.linalg.norm(g_jvp, axis=1)
+    assert rel.max() < 0.25 and cos.min() > 0.99, (rel, cos)  # measured 0.11..0.16 and > 0.998
+
+
+def test_generator_stages_reproduce_the_generator(generator, patterns):
+    import tensorflow as tf
+
+    from ebsd_keras.models.cvaegan import CVAEGAN
+    from ebsd_keras.models.presets import get_preset
+
+    _, q = patterns
+    qt = tf.constant(q, tf.float32)
+    model = CVAEGAN(config=get_preset("physics", physics_npx=16), seed=0)
+    for gen in (generator, model_refinement_generator(model)):
+        st = gen.stages
+        exact, lut = st.exact(tf.clip_by_value(st.pre(qt, None), 0.0, 255.0))
+        np.testing.assert_allclose(np.asarray(st.post(exact)), np.asarray(gen(qt, None)), atol=1e-5)
+    assert model_refinement_generator(CVAEGAN(config=get_preset("tiny"), seed=0)).stages is None
 
 
 def test_adam_also_converges_and_bobyqa_agrees(generator, patterns):
