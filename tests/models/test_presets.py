@@ -49,8 +49,20 @@ def built_counts(cfg):
         get_preset("tiny", conditioning="add", encoder_pooling="global_avg", critic_pooling="global_avg"),
         get_preset("paper", **PAPER_REDUCED),
         get_preset("paper", use_voltage=True, **PAPER_REDUCED),
+        get_preset("physics", physics_npx=20, use_voltage=True, physics_voltage_model="bands", physics_band_blur=2),
+        get_preset(
+            "physics", physics_npx=20, use_voltage=True, physics_voltage_model="bands", physics_band_render="detector"
+        ),
     ],
-    ids=["tiny", "tiny-voltage-concat-transpose", "tiny-add-gap", "paper-reduced", "paper-reduced-voltage"],
+    ids=[
+        "tiny",
+        "tiny-voltage-concat-transpose",
+        "tiny-add-gap",
+        "paper-reduced",
+        "paper-reduced-voltage",
+        "physics-bands-lambert",
+        "physics-bands-detector",
+    ],
 )
 def test_analytic_count_equals_built_model(cfg):
     analytic = count_parameters(cfg)
