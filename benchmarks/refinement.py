@@ -6,15 +6,18 @@ All refiners start from the same dictionary-indexing (DI) result of the same tru
 - ``bobyqa / EMsoft MP``: :meth:`Indexer.refine_bobyqa` (nlopt LN_BOBYQA on the NCC with the true master pattern's
   projection, preprocessed like the data; the evaluation's refiner);
 - ``kikuchipy / EMsoft MP``: ``EBSD.refine_orientation`` (Nelder-Mead, raw master-pattern projection);
-- ``gradient / EMsoft MP``: :func:`refine_gradient` through :func:`master_pattern_generator` (the same objective
-  as the BOBYQA row, derivatives through the in-graph CLAHE's surrogate);
-- ``gradient / model``: :func:`refine_gradient` through the trained model (``--model``, the physics decoder);
-- ``bobyqa / model``: :func:`refine_bobyqa_generator` through the same model (the optimiser-only comparison).
+- ``gradient (gauss-newton-fd) / EMsoft MP``: :func:`refine_gradient` (``--method``, default the library's
+  default "gauss-newton-fd") through :func:`master_pattern_generator` (the same objective as the BOBYQA row);
+- ``gradient (gauss-newton-fd) / model``: the same through the trained model (``--model``, the physics decoder);
+- ``bobyqa / model``: :func:`refine_bobyqa_generator` through the same model (the optimiser-only comparison);
+- ``gradient (gauss-newton)`` rows: the JVP / chord method, for comparison (``--skip old`` leaves them out);
+- ``bobyqa`` rows again at the end (``--skip repeat`` leaves them out): the machine's load drifts, so each speed-up
+  is given against the faster and the slower of the two BOBYQA runs.
 
 Every refiner is warmed up (XLA compilation, numba) on a few patterns first. Speed-ups are measured side by side in
 this process: BOBYQA's wall time over the gradient refiner's, for the same generator.
 
-    python benchmarks/refinement.py --n 1000 --out runs/refine/benchmark.json
+    python benchmarks/refinement.py --n 500 --skip kikuchipy adam --out runs/refine/benchmark.json
 
 With ``--pattern-centres`` it instead evaluates the model's patterns at pattern centres other than the training one
 against kikuchipy projections of the true EMsoft master pattern
@@ -60,10 +63,11 @@ def main(argv=None) -> int:
     p.add_argument("--kikuchipy-n", type=int, default=None, help="patterns for kikuchipy (default: all n)")
     p.add_argument("--dictionary-resolution", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip", nargs="*", default=(), help="rows to skip: kikuchipy, bobyqa-model, adam")
+    p.add_argument("--skip", nargs="*", default=(), help="rows to skip: kikuchipy, bobyqa-model, adam, old, repeat")
+    p.add_argument("--method", default="gauss-newton-fd", help="refine_gradient method of the gradient rows")
     p.add_argument("--out", default="runs/refine/benchmark.json")
     p.add_argument("--clahe-gradient", choices=("lut", "histogram"), default="lut", help="CLAHE surrogate (lut)")
-    p.add_argument("--hessian-every", type=int, default=None, help="Gauss-Newton matrix refresh (default: once)")
+    p.add_argument("--hessian-every", type=int, default=None, help="gauss-newton: matrix refresh (default: once)")
     p.add_argument("--pattern-centres", action="store_true", help="evaluate generation at other pattern centres")
     args = p.parse_args(argv)
     if args.pattern_centres:
@@ -91,7 +95,8 @@ def main(argv=None) -> int:
     gen_mp = master_pattern_generator(indexer.master_pattern, geometry, clahe_gradient=args.clahe_gradient)
     model = load_model(args.model)
     gen_model = model_refinement_generator(model, clahe_gradient=args.clahe_gradient)
-    gkw = {"hessian_every": args.hessian_every}
+    gkw = {"method": args.method, "hessian_every": args.hessian_every}
+    okw = {"method": "gauss-newton", "hessian_every": args.hessian_every}
     gen_model_fwd = model_refinement_generator(model, differentiable=False)
     pats, qt = ts.patterns, ts.quaternion
     w = slice(0, min(len(pats), 256))  # warm-up on one full batch: the timed run reuses its compiled shape
@@ -113,27 +118,30 @@ def main(argv=None) -> int:
             "seconds": seconds,
             "ms_per_pattern": 1e3 * seconds / k,
             "evaluations_mean": float(np.mean(res.n_evaluations)),
+            "iterations_mean": float(np.mean(res.iterations)) if hasattr(res, "iterations") else None,
             "settings": res.settings,
         }
         rows.append(row)
         e = row["error_deg"]
-        print(f"{name:28s} {generator:12s} n={k:5d} err {e['mean']:.4f} ± {e['std']:.4f} (median {e['median']:.4f}, "
-              f"p95 {e['p95']:.4f}, max {e['max']:.3f}) deg  {seconds:8.2f} s  {row['ms_per_pattern']:.2f} ms/pattern",
+        print(f"{name:28s} {generator:12s} n={k:5d} err {e['mean']:.5f} ± {e['std']:.5f} (median {e['median']:.5f}, "
+              f"p95 {e['p95']:.5f}, max {e['max']:.4f}) deg  {seconds:8.2f} s  {row['ms_per_pattern']:.2f} ms/pattern",
               flush=True)  # fmt: skip
         return row
 
     print(f"DI ({indexer.n_dictionary} patterns, {args.dictionary_resolution} deg): {di_s:.1f} s; "
           f"error {_stats(qt, q_di)}", flush=True)  # fmt: skip
     r_bob = record("bobyqa", "EMsoft MP", lambda s: indexer.refine_bobyqa(pats[s], q_di[s]))
-    r_gmp = record(
-        "gradient (gauss-newton)", "EMsoft MP", lambda s: refine_gradient(gen_mp, pats[s], q_di[s], **gkw), warm=w
-    )
-    r_gmo = record(
-        "gradient (gauss-newton)", "model", lambda s: refine_gradient(gen_model, pats[s], q_di[s], **gkw), warm=w
-    )
-    r_bmo = None
+    name = f"gradient ({args.method})"
+    r_gmp = record(name, "EMsoft MP", lambda s: refine_gradient(gen_mp, pats[s], q_di[s], **gkw), warm=w)
+    r_gmo = record(name, "model", lambda s: refine_gradient(gen_model, pats[s], q_di[s], **gkw), warm=w)
+    r_bmo = []
     if "bobyqa-model" not in args.skip:
-        r_bmo = record("bobyqa", "model", lambda s: refine_bobyqa_generator(gen_model_fwd, pats[s], q_di[s]))
+        r_bmo.append(record("bobyqa", "model", lambda s: refine_bobyqa_generator(gen_model_fwd, pats[s], q_di[s])))
+    if "old" not in args.skip and args.method != "gauss-newton":
+        record("gradient (gauss-newton)", "EMsoft MP", lambda s: refine_gradient(gen_mp, pats[s], q_di[s], **okw),
+               warm=w)  # fmt: skip
+        record("gradient (gauss-newton)", "model", lambda s: refine_gradient(gen_model, pats[s], q_di[s], **okw),
+               warm=w)  # fmt: skip
     if "adam" not in args.skip:
         record(
             "gradient (adam)", "model", lambda s: refine_gradient(gen_model, pats[s], q_di[s], method="adam"), warm=w
@@ -142,22 +150,36 @@ def main(argv=None) -> int:
         record("kikuchipy (Nelder-Mead)", "EMsoft MP", lambda s: indexer.refine_kikuchipy(pats[s], q_di[s]),
                n_used=args.kikuchipy_n)  # fmt: skip
 
+    r_bob = [r_bob]
+    if "repeat" not in args.skip:  # BOBYQA again: the load drifts during the run
+        r_bob.append(record("bobyqa (repeat)", "EMsoft MP", lambda s: indexer.refine_bobyqa(pats[s], q_di[s])))
+        if r_bmo:
+            r_bmo.append(record("bobyqa (repeat)", "model",
+                                lambda s: refine_bobyqa_generator(gen_model_fwd, pats[s], q_di[s])))  # fmt: skip
+    t_bob = [r["seconds"] for r in r_bob]
     ratios = {
-        "bobyqa_over_gradient_emsoft_mp_time": r_bob["seconds"] / r_gmp["seconds"],
-        "bobyqa_emsoft_mp_over_gradient_model_time": r_bob["seconds"] / r_gmo["seconds"],
+        "bobyqa_over_gradient_emsoft_mp_time": min(t_bob) / r_gmp["seconds"],
+        "bobyqa_over_gradient_emsoft_mp_time_slower_bobyqa_run": max(t_bob) / r_gmp["seconds"],
+        "bobyqa_emsoft_mp_over_gradient_model_time": min(t_bob) / r_gmo["seconds"],
     }
-    if r_bmo is not None:
-        ratios["bobyqa_over_gradient_model_time"] = r_bmo["seconds"] / r_gmo["seconds"]
+    if r_bmo:
+        t_bmo = [r["seconds"] for r in r_bmo]
+        ratios["bobyqa_over_gradient_model_time"] = min(t_bmo) / r_gmo["seconds"]
+        ratios["bobyqa_over_gradient_model_time_slower_bobyqa_run"] = max(t_bmo) / r_gmo["seconds"]
     kp_rows = [r for r in rows if r["refiner"].startswith("kikuchipy")]
     if kp_rows:
         ratios["kikuchipy_over_gradient_model_ms_per_pattern"] = kp_rows[0]["ms_per_pattern"] / r_gmo["ms_per_pattern"]
-    print("\n| refiner | generator | n | error mean ± std (deg) | median | p95 | max | wall (s) | ms/pattern |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| refiner | generator | n | error mean ± std (deg) | median | p95 | max | wall (s) | ms/pattern | "
+          "evaluations | iterations |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         e = r["error_deg"]
-        err = f"{e['mean']:.4f} ± {e['std']:.4f} | {e['median']:.4f} | {e['p95']:.4f} | {e['max']:.3f}"
+        err = f"{e['mean']:.5f} ± {e['std']:.5f} | {e['median']:.5f} | {e['p95']:.5f} | {e['max']:.4f}"
         timing = f"{r['seconds']:.2f} | {r['ms_per_pattern']:.2f}"
-        print(f"| {r['refiner']} | {r['generator']} | {r['n']} | {err} | {timing} |")
+        its = "-" if r["iterations_mean"] is None else f"{r['iterations_mean']:.2f}"
+        print(
+            f"| {r['refiner']} | {r['generator']} | {r['n']} | {err} | {timing} | {r['evaluations_mean']:.1f} | {its} |"
+        )
     print("\nratios (wall time, same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     out = {
         "test": args.test,
@@ -165,6 +187,7 @@ def main(argv=None) -> int:
         "n": len(ts),
         "dictionary_resolution_deg": args.dictionary_resolution,
         "clahe_gradient": args.clahe_gradient,
+        "method": args.method,
         "hessian_every": args.hessian_every,
         "di_seconds": di_s,
         "di_error_deg": _stats(qt, q_di),

@@ -59,7 +59,10 @@ def register(subparsers) -> None:
         help="optimiser (gauss-newton-fd: fastest and most accurate)",
     )
     p.add_argument(
-        "--iterations", type=int, default=None, help="iterations at most (10 gauss-newton-fd, 12 gauss-newton, 150 adam)"
+        "--iterations",
+        type=int,
+        default=None,
+        help="iterations at most (10 gauss-newton-fd, 12 gauss-newton, 150 adam)",
     )
     p.add_argument(
         "--clahe-gradient",

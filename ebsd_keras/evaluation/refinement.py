@@ -185,7 +185,9 @@ def model_refinement_generator(
     is_physics = hasattr(decoder, "master_pattern")
 
     # the physics decoder's "clahe" contrast (projection, rescale, CLAHE, logits): run here, split at the CLAHE
-    clahe_path = is_physics and getattr(decoder, "contrast", None) == "clahe" and getattr(decoder, "head_out", None) is None
+    clahe_path = (
+        is_physics and getattr(decoder, "contrast", None) == "clahe" and getattr(decoder, "head_out", None) is None
+    )
     own_contrast = clahe_gradient is None or not clahe_path
 
     def inputs_of(q, pc):
