@@ -237,12 +237,12 @@ def _physics_stages(decoder, inputs_of) -> ClaheStages:
         return (raw - lo) / ops.where(span > 0, span, ops.ones_like(span)) * 255.0
 
     def post(c):
+        # sigmoid(logit_eps(p) + r) with the z = 0 residual r the same for every pattern: (p + eps) e^r / ((p + eps)
+        # e^r + 1 - p + eps), one exp per pixel instead of log, log and sigmoid per pattern pixel (as generate())
         p = c / 255.0
-        logits = ops.log(p + PROB_EPS) - ops.log(1.0 - p + PROB_EPS)
-        if getattr(decoder, "residual_hidden", None) is not None:
-            z = ops.zeros((ops.shape(c)[0], cfg.latent_dim), dtype="float32")
-            logits = logits + decoder.residual_logits(z)[..., 0]
-        return ops.sigmoid(logits)
+        odds = ops.exp(decoder.residual_logits(ops.zeros((1, cfg.latent_dim), dtype="float32"))[..., 0])
+        num = (p + PROB_EPS) * odds
+        return num / (num + (1.0 - p + PROB_EPS))
 
     return ClaheStages(pre, post, cfg.physics_clahe_clip_limit, cfg.physics_clahe_tiles, cfg.image_shape)
 
@@ -270,10 +270,11 @@ def _physics_clahe_probabilities(decoder, inputs, differentiable: bool, gradient
         )
         / 255.0
     )
-    logits = ops.log(p + PROB_EPS) - ops.log(1.0 - p + PROB_EPS)
-    if getattr(decoder, "residual_hidden", None) is not None:
-        logits = logits + decoder.residual_logits(inputs["z"])[..., 0]
-    return ops.sigmoid(logits)
+    if getattr(decoder, "residual_hidden", None) is None:
+        return (p + PROB_EPS) / (1.0 + 2.0 * PROB_EPS)  # sigmoid(logit_eps(p))
+    # sigmoid(logit_eps(p) + r) as odds: one exp of the residual instead of log, log and sigmoid per pixel
+    num = (p + PROB_EPS) * ops.exp(decoder.residual_logits(inputs["z"])[..., 0])
+    return num / (num + (1.0 - p + PROB_EPS))
 
 
 def master_pattern_generator(
