@@ -21,9 +21,14 @@ Levenberg-Marquardt steps ``-(J^T J + lambda diag(J^T J))^-1 J^T r`` with the Ja
   whose derivative is the "lut" surrogate -- while the residual stays exact. Far from the optimum the NCC falls
   off like a Gaussian of the misorientation and the Gauss-Newton step (the peak's curvature) is too short by about
   the factor NCC, so the step is divided by NCC^3 (measured best of 1, 2, 2.5, 3, 4; near the optimum NCC ~ 1
-  changes nothing). The patterns stream through ``batch_size`` slots: a pattern leaves its slot when its step
-  falls below ``tol_deg`` (that last step is taken) and the next pattern takes it, so each generator call does
-  useful work in one compiled shape. No derivative of the generator is taken (it needs no surrogate gradient).
+  changes nothing). With stages, a pattern is differenced only in its first ``fd_iterations`` (2) iterations
+  (far from the optimum, where the Jacobian changes most) and then keeps its Jacobian of the smooth map (and the
+  LUTs it holds), updated by Broyden's rank-one formula from each step: one generator pass per iteration instead
+  of p + 1, and superlinear convergence, since the smooth map has no quantisation noise (Broyden on the exact
+  output stalls at ~0.008 deg). Each call differences a fixed ``fd_fraction`` of the slots (those that need it,
+  then the ones moving most). The patterns stream through ``batch_size`` slots: a pattern leaves its slot when
+  its step falls below ``tol_deg`` (that last step is taken) and the next pattern takes it, so each generator
+  call does useful work in one compiled shape. No derivative of the generator is taken (no surrogate gradient).
 - "gauss-newton": forward-mode differentiation through the generator's surrogate gradient (one batched JVP: the
   batch is tiled once per parameter with one-hot tangents); by default ``J^T J`` is computed once per batch and
   reused with one reverse-mode gradient ``J^T r`` per iteration (a chord method: linear convergence;
@@ -135,7 +140,7 @@ class ClaheStages:
         from ebsd_keras.models.clahe import _exact
 
         if self.plan is None:
-            return tf.round(grey), tf.zeros((tf.shape(grey)[0], 1), tf.float32)
+            return tf.round(grey), tf.zeros((tf.shape(grey)[0], 1, 1), tf.float32)
         return _exact(tf.cast(tf.round(grey), tf.int32), self.plan)
 
     def smooth(self, grey, lut, copies: int):
@@ -478,6 +483,7 @@ class _Steps:
             return y / tf.sqrt(tf.reduce_sum(y * y, axis=1, keepdims=True) + 1e-20)
 
         stages = getattr(generator, "stages", None)
+        self.stages = stages
 
         def points(x, q0, pc0, h):
             # x and x + h_k e_k: the (p + 1) B points of forward differences, as one batch (copy k varies x_k)
@@ -486,16 +492,20 @@ class _Steps:
             xs = tf.reshape(x[None] + shifts[:, None, :], (-1, p))
             return rotated(xs, tf.tile(q0, [p + 1, 1]), tf.tile(pc0, [p + 1, 1]))
 
+        def products(cols, r):
+            # J^T r (B, p) and J^T J (B, p, p) from the Jacobian's columns (B, P): one product per pair (XLA's CPU
+            # batched matmul is slower for these shapes)
+            p = len(cols)
+            jtr = tf.stack([tf.reduce_sum(c * r, axis=1) for c in cols], axis=1)
+            prod = {(k, m): tf.reduce_sum(cols[k] * cols[m], axis=1) for k in range(p) for m in range(k, p)}
+            return jtr, tf.stack([tf.stack([prod[min(k, m), max(k, m)] for m in range(p)], 1) for k in range(p)], 1)
+
         def normal_terms(y, exact, t_hat, h):
             # unit rows y ((p + 1) B, P) at the points, exact unit rows (B, P) at x -> NCC, J^T r, J^T J
             p = n_params
             y = tf.reshape(y, (p + 1, tf.shape(exact)[0], -1))  # copy k of the batch varies parameter k
             r = exact - t_hat
-            cols = [(y[k + 1] - y[0]) / h[k] for k in range(p)]  # the Jacobian's columns (B, P)
-            jtr = tf.stack([tf.reduce_sum(c * r, axis=1) for c in cols], axis=1)
-            # one product per pair (XLA's CPU batched matmul is slower for these shapes)
-            prod = {(k, m): tf.reduce_sum(cols[k] * cols[m], axis=1) for k in range(p) for m in range(k, p)}
-            jtj = tf.stack([tf.stack([prod[min(k, m), max(k, m)] for m in range(p)], 1) for k in range(p)], 1)
+            jtr, jtj = products([(y[k + 1] - y[0]) / h[k] for k in range(p)], r)
             return 1.0 - 0.5 * tf.reduce_sum(r * r, axis=1), jtr, jtj
 
         def difference_terms(x, q0, pc0, t_hat, h):
@@ -526,8 +536,66 @@ class _Steps:
             second = tf.function(staged_smooth, jit_compile=jit, reduce_retracing=True)
             third = tf.function(staged_terms, jit_compile=jit, reduce_retracing=True)
             self.difference_terms = lambda x, q0, pc0, t_hat, h: third(*second(*first(x, q0, pc0, h)), t_hat, h)
+            self.mixed_terms = self._mixed(stages, rotated, unit_rows, products, jit)
         self.jacobian_terms = tf.function(jacobian_terms, jit_compile=jit, reduce_retracing=True)
         self.gradient_terms = tf.function(gradient_terms, jit_compile=jit, reduce_retracing=True)
+
+    def _mixed(self, stages, rotated, unit_rows, products, jit):
+        """Difference-and-Broyden terms: every slot's pattern at x, K slots' differences (fresh Jacobian and tile
+        LUTs); the other slots update their kept Jacobian of the smooth fixed-LUT map by Broyden's rank-one formula
+        from their last step, which the smooth map (no rounding, LUTs held) makes free of quantisation noise.
+
+        Returns ``fn(x, q0, pc0, t_hat, h, fd_idx, jac, s_old, dx, lut_kept) -> (NCC, J^T r, J^T J, jac, s,
+        lut_kept)`` (jac (B, p, P), s the smooth unit rows at x, lut_kept the LUTs the map holds per slot).
+        """
+        import tensorflow as tf
+
+        p = self.n_params
+
+        def grey_exact(x, q0, pc0, h, fd_idx):
+            b = tf.shape(x)[0]
+            xk = tf.gather(x, fd_idx)
+            xs = tf.concat([x, tf.reshape(xk[None] + tf.linalg.diag(h)[:, None, :], (-1, p))], axis=0)
+            q0s = tf.concat([q0, tf.tile(tf.gather(q0, fd_idx), [p, 1])], axis=0)
+            pc0s = tf.concat([pc0, tf.tile(tf.gather(pc0, fd_idx), [p, 1])], axis=0)
+            grey = tf.clip_by_value(tf.cast(stages.pre(*rotated(xs, q0s, pc0s)), tf.float32), 0.0, 255.0)
+            exact, lut = stages.exact(grey[:b])
+            return grey, exact, lut
+
+        def smooth(grey, lut, lut_kept, fd_idx):
+            # differenced slots take their fresh LUTs (kept from now on), the others keep theirs
+            b = tf.shape(lut)[0]
+            is_fd = tf.scatter_nd(fd_idx[:, None], tf.ones(tf.shape(fd_idx), tf.float32), [b]) > 0.5
+            lut_c = tf.where(is_fd[:, None, None], lut, lut_kept)
+            luts = tf.concat([lut_c, tf.tile(tf.gather(lut, fd_idx), [p, 1, 1])], axis=0)
+            return stages.smooth(grey, luts, 1), lut_c
+
+        def terms(sm, exact, t_hat, h, fd_idx, jac, s_old, dx):
+            b = tf.shape(exact)[0]
+            s_all = unit_rows(stages.post(sm))
+            s = s_all[:b]
+            r = unit_rows(stages.post(exact)) - t_hat
+            dx2 = tf.reduce_sum(dx * dx, axis=1)
+            miss = s - s_old - tf.reduce_sum(jac * dx[:, :, None], axis=1)
+            scale = tf.where(dx2 > 1e-20, 1.0 / tf.maximum(dx2, 1e-20), 0.0)  # no step: no update
+            jac = jac + dx[:, :, None] * (miss * scale[:, None])[:, None, :]
+            diff = tf.reshape(s_all[b:], (p, tf.shape(fd_idx)[0], -1)) - tf.gather(s, fd_idx)[None]
+            fresh = tf.transpose(diff / h[:, None, None], (1, 0, 2))  # (K, p, P)
+            jac = tf.tensor_scatter_nd_update(jac, fd_idx[:, None], fresh)
+            jtr, jtj = products([jac[:, k] for k in range(p)], r)
+            return 1.0 - 0.5 * tf.reduce_sum(r * r, axis=1), jtr, jtj, jac, s
+
+        # three compiled calls, as for difference_terms (XLA would recompute the LUTs per look-up)
+        first = tf.function(grey_exact, jit_compile=jit, reduce_retracing=True)
+        second = tf.function(smooth, jit_compile=jit, reduce_retracing=True)
+        third = tf.function(terms, jit_compile=jit, reduce_retracing=True)
+
+        def fn(x, q0, pc0, t_hat, h, fd_idx, jac, s_old, dx, lut_kept):
+            grey, exact, lut = first(x, q0, pc0, h, fd_idx)
+            sm, lut_c = second(grey, lut, lut_kept, fd_idx)
+            return (*third(sm, exact, t_hat, h, fd_idx, jac, s_old, dx), lut_c)
+
+        return fn
 
 
 def _steps_for(generator, n_params: int, use_pc: bool, jit: bool) -> _Steps:
@@ -582,6 +650,8 @@ def refine_gradient(
     learning_rate_deg: float = 0.05,
     fd_step_deg: float = 0.05,
     fd_pc_step: float = 1e-4,
+    fd_iterations: int = 2,
+    fd_fraction: float = 1 / 3,
     batch_size: int | None = None,
     jit: bool = True,
     progress: bool = False,
@@ -629,6 +699,10 @@ def refine_gradient(
         Adam: the step size in degrees (PC: this times 0.01 / 1 deg).
     fd_step_deg, fd_pc_step
         "gauss-newton-fd": the difference steps of the rotation (degrees) and of the PC (fraction).
+    fd_iterations, fd_fraction
+        "gauss-newton-fd" with a staged generator: difference a pattern in its first ``fd_iterations``
+        iterations, then update its Jacobian by Broyden's formula (``fd_iterations >= max_iterations``: difference
+        every iteration); each generator call differences ``ceil(fd_fraction * batch_size)`` slots.
     batch_size
         Patterns optimised together (default 64 slots for "gauss-newton-fd": smaller batches stay in the CPU's
         caches, and slots are refilled as patterns converge; 256 otherwise, the last batch padded).
@@ -659,6 +733,9 @@ def refine_gradient(
     max_step_deg = (2.0 if fd else 0.5) if max_step_deg is None else max_step_deg
     tol_deg = (1e-3 if fd else 2e-4) if tol_deg is None else tol_deg
     batch_size = (64 if fd else 256) if batch_size is None else batch_size
+    if int(fd_iterations) < 1 or not 0 < float(fd_fraction) <= 1:
+        raise EBSDInputError(f"need fd_iterations >= 1 and 0 < fd_fraction <= 1, got {fd_iterations}, {fd_fraction}",
+                             None, "fd_iterations")  # fmt: skip
     if int(batch_size) < 1 or (hessian_every is not None and int(hessian_every) < 1):
         raise EBSDInputError("batch_size and hessian_every must be >= 1", None, "batch_size")
     pats, q0_all, pc0_all = _check_common(generator, patterns, q_start, pc_start, refine_pc)
@@ -685,8 +762,11 @@ def refine_gradient(
     free[:3] = refine_orientation
     if fd:
         h = np.array([math.radians(fd_step_deg)] * 3 + [fd_pc_step] * (p - 3))
+        broyden = None
+        if staged and fd_iterations < iters:
+            broyden = (int(fd_iterations), max(1, int(math.ceil(b * fd_fraction))))
         best_x, scores, n_iter, evals = _gauss_newton_fd(
-            steps, q0_all, pc0_all, targets, b, p, iters, damping, cap, bound, tol, free, h, progress
+            steps, q0_all, pc0_all, targets, b, p, iters, damping, cap, bound, tol, free, h, progress, broyden
         )
         q_out = _positive_scalar(quaternion_multiply(_rotvec_to_quaternion(best_x[:, :3]), q0_all))
         if refine_pc:
@@ -722,7 +802,11 @@ def refine_gradient(
             "refiner": f"gradient ({method})",
             "objective": "NCC with the generated pattern (exact forward value; "
             + (
-                ("Jacobian by differences of the smooth fixed-LUT map" if staged else "Jacobian by differences")
+                (
+                    "Jacobian by differences + Broyden updates of the smooth fixed-LUT map"
+                    if staged
+                    else "Jacobian by differences"
+                )
                 if fd
                 else "surrogate gradient through CLAHE"
             )
@@ -732,6 +816,8 @@ def refine_gradient(
             "max_iterations": iters,
             "hessian_every": hessian_every if method == "gauss-newton" else None,
             "fd_step_deg": float(fd_step_deg) if fd else None,
+            "fd_iterations": int(fd_iterations) if fd else None,
+            "fd_fraction": float(fd_fraction) if fd else None,
             "damping": float(damping),
             "max_step_deg": float(max_step_deg),
             "tol_deg": float(tol_deg),
@@ -800,7 +886,7 @@ def _gauss_newton(steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, ca
 def _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, ncc_scaled=False):
     """One Levenberg-Marquardt update of every row; returns the new x (best_x, best_f are updated in place)."""
     p = x.shape[1]
-    better = f > best_f
+    better = f >= best_f  # equal: the same point again (a slot that waited a call)
     best_f[better] = f[better]
     best_x[better] = x[better]
     eye = np.eye(p)
@@ -827,11 +913,17 @@ def _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, ncc_scale
     return new
 
 
-def _gauss_newton_fd(steps, q0_all, pc0_all, targets, b, p, iters, damping, cap, bound, tol, free, h, progress):
-    """Levenberg-Marquardt with a fresh forward-difference Jacobian every iteration, over all patterns.
+def _gauss_newton_fd(
+    steps, q0_all, pc0_all, targets, b, p, iters, damping, cap, bound, tol, free, h, progress, broyden=None
+):
+    """Levenberg-Marquardt with a forward-difference Jacobian, over all patterns.
 
     ``b`` slots iterate together; a pattern leaves its slot as soon as it has converged and the next pattern takes
-    the slot, so every generator call does useful work and the compiled batch shape never changes.
+    the slot, so every generator call does useful work and the compiled batch shape never changes. Without
+    ``broyden`` every iteration differences every slot; with ``broyden = (n_fd, k)`` (staged generators) a pattern
+    is differenced in its first ``n_fd`` iterations and then keeps its Jacobian, updated by Broyden's formula;
+    each call differences ``k`` slots (those that need it first, then the ones moving most), so a call costs
+    b + p k patterns instead of (p + 1) b.
 
     Returns
     -------
@@ -844,52 +936,85 @@ def _gauss_newton_fd(steps, q0_all, pc0_all, targets, b, p, iters, damping, cap,
     out_x = np.zeros((n, p))
     out_f = np.full(n, -np.inf)
     out_it = np.zeros(n, dtype=np.int64)
+    out_ev = np.zeros(n, dtype=np.int64)
     slot = np.full(b, -1)
     x = np.zeros((b, p))
     best_x = np.zeros((b, p))
     best_f = np.full(b, -np.inf)
     it = np.zeros(b, dtype=np.int64)
+    n_diff = np.zeros(b, dtype=np.int64)  # difference iterations of the slot's pattern
+    ev = np.zeros(b, dtype=np.int64)
+    last_step = np.full(b, np.inf)
     h_t = tf.constant(h, tf.float32)
     pc_all = pc0_all if pc0_all is not None else np.zeros((n, 3))
     queue = iter(range(n))
     bar = tqdm(total=n, desc="gradient refinement", unit="pattern", disable=not progress)
+    kept = None  # (jac, s, lut) tensors of the Broyden variant
+    x_prev = np.zeros((b, p))
 
     def refill(mask):
         for j in np.flatnonzero(mask):
             slot[j] = next(queue, -1)
-        x[mask] = 0.0
-        best_x[mask] = 0.0
+        for a in (x, best_x, x_prev):
+            a[mask] = 0.0
         best_f[mask] = -np.inf
-        it[mask] = 0
+        it[mask] = n_diff[mask] = ev[mask] = 0
+        last_step[mask] = np.inf
 
     refill(np.ones(b, dtype=bool))
     while (slot >= 0).any():
         live = slot >= 0
         rows = np.where(live, slot, slot[live][0])  # empty slots (end of the queue) repeat a live pattern
-        f, g, hess = steps.difference_terms(
+        args = (
             tf.constant(x, tf.float32),
             tf.constant(q0_all[rows], tf.float32),
             tf.constant(pc_all[rows], tf.float32),
             tf.constant(targets[rows]),
             h_t,
         )
+        waiting = np.zeros(b, dtype=bool)
+        if broyden is None:
+            f, g, hess = steps.difference_terms(*args)
+            ev += p + 1
+        else:
+            n_fd, k = broyden
+            needs = live & (n_diff < n_fd)
+            # differenced this call: slots that need it, then those that moved most (a fresh Jacobian helps most)
+            chosen = np.lexsort((-np.where(live, last_step, -1.0), ~needs))[:k]
+            waiting = needs.copy()
+            waiting[chosen] = False  # more slots need differences than fit: they wait a call, in place
+            if kept is None:
+                kept = (tf.zeros((b, p, targets.shape[1])), tf.zeros((b, targets.shape[1])), None)
+            if kept[2] is None:  # the first call: no slot keeps LUTs yet
+                plan = steps.stages.plan
+                kept = (*kept[:2], tf.zeros((b, 1, 1) if plan is None else (b, plan.n_tiles, 256)))
+            f, g, hess, jac, s_rows, lut_c = steps.mixed_terms(
+                *args, tf.constant(chosen, tf.int32), kept[0], kept[1], tf.constant(x - x_prev, tf.float32), kept[2]
+            )
+            kept = (jac, s_rows, lut_c)
+            n_diff[chosen] += 1
+            ev += 1
+            ev[chosen] += p
+            x_prev = x.copy()
         f, g, hess = (np.asarray(a, np.float64) for a in (f, g, hess))
         new = _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, ncc_scaled=True)
+        new[waiting] = x[waiting]
         moved = np.linalg.norm(new[:, :3] - x[:, :3], axis=1) if free[0] else np.zeros(b)
         pc_moved = np.linalg.norm(new[:, 3:] - x[:, 3:], axis=1) if p > 3 else np.zeros(b)
-        it += 1
-        small = (moved < tol) & (pc_moved < _PC_TOL)
+        last_step = np.where(waiting, last_step, moved)
+        it += ~waiting
+        small = (moved < tol) & (pc_moved < _PC_TOL) & ~waiting
         done = live & (small | (it >= iters))
         # a converging pattern's last Gauss-Newton step (from its best point, so not a halving) is taken without
         # evaluating it: near the optimum the step is far more accurate than the point it starts from
         final = np.where((small & (best_f == f))[:, None], new, best_x)
         idx = slot[done]
-        out_x[idx], out_f[idx], out_it[idx] = final[done], best_f[done], it[done]
+        out_x[idx], out_f[idx], out_it[idx], out_ev[idx] = final[done], best_f[done], it[done], ev[done]
         bar.update(int(done.sum()))
         x = new
         refill(done)
     bar.close()
-    return out_x, out_f, out_it, out_it * (p + 1)
+    return out_x, out_f, out_it, out_ev
 
 
 def _adam(steps, q0, pc0, t_hat, b, p, iters, _hessian_every, _damping, cap, bound, tol, lr_deg, free):
