@@ -1003,11 +1003,12 @@ def _gauss_newton_fd(
         pc_moved = np.linalg.norm(new[:, 3:] - x[:, 3:], axis=1) if p > 3 else np.zeros(b)
         last_step = np.where(waiting, last_step, moved)
         it += ~waiting
-        small = (moved < tol) & (pc_moved < _PC_TOL) & ~waiting
+        # converged: a small Gauss-Newton step from the best point (a small move back after a failed step is not
+        # convergence); that last step is taken without evaluating it: near the optimum it is far more accurate
+        # than the point it starts from
+        small = (moved < tol) & (pc_moved < _PC_TOL) & ~waiting & (best_f == f)
         done = live & (small | (it >= iters))
-        # a converging pattern's last Gauss-Newton step (from its best point, so not a halving) is taken without
-        # evaluating it: near the optimum the step is far more accurate than the point it starts from
-        final = np.where((small & (best_f == f))[:, None], new, best_x)
+        final = np.where(small[:, None], new, best_x)
         idx = slot[done]
         out_x[idx], out_f[idx], out_it[idx], out_ev[idx] = final[done], best_f[done], it[done], ev[done]
         bar.update(int(done.sum()))
