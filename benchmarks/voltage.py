@@ -8,6 +8,9 @@ Subcommands (all write JSON next to their outputs; long runs under ``nice -n 5 t
     neighbouring knots' *master patterns* (what a hat-interpolated voltage-knot texture produces at best), (c) the
     band-profile model with the kinematical box profile (:class:`ebsd_keras.models.physics.BandProfiles`), on
     random orientations, raw (no CLAHE) 60 x 60 patterns.
+``grid``
+    Convergence of kinematical truth patterns with the master-pattern grid: band widths of the projected patterns
+    against 2 theta_B, and the NCC (raw, CLAHE'd) of each half side's patterns with the finest one's.
 ``train``
     CVAE phase of the physics decoder (``--preset physics``, ``use_voltage=True``, ``--voltage-model bands|knots``)
     on a multi-voltage TFRecord set with ``--kv`` / ``--exclude-kv`` filters, for a wall-time budget, batch 64,
@@ -144,6 +147,45 @@ def ebsdsim_check(args) -> dict:
     }
     print(json.dumps(res), flush=True)
     return res
+
+
+def grid(args) -> dict:
+    """Kinematical truth vs master-pattern half side: band widths vs 2 theta_B, NCC with the finest grid's patterns."""
+    from ebsd_keras.data.preprocess import clahe
+    from ebsd_keras.data.simulate import (
+        kinematical_master_pattern,
+        make_detector,
+        project_patterns,
+        rescale_per_pattern,
+    )
+    from ebsd_keras.evaluation.voltage import _theory_width_deg, band_profile_widths
+
+    rng = np.random.default_rng(args.seed)
+    q = rng.normal(size=(args.n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q[q[:, 0] < 0] *= -1
+    det = make_detector()
+    detd = {"shape": [60, 60], "pc": [0.5, 0.5, 0.6], "tilt_deg": 10.0, "sample_tilt_deg": 70.0}
+    families = ((1, 1, 1), (2, 0, 0), (2, 2, 0))
+    results = {"n": int(args.n), "half_sizes": args.half_sizes, "per_voltage": {}}
+    for kv in args.kv:
+        pats, entry = {}, {}
+        for hs in args.half_sizes:
+            mp = kinematical_master_pattern(kv, half_size=hs)
+            pats[hs] = np.concatenate([p for _, p in project_patterns(mp, q, det, kv, progress=False)]).astype(float)
+            w = band_profile_widths(pats[hs], q, detd, families)
+            entry[f"width_vs_theory_pct_{hs}"] = {
+                k: 100.0 * (w[k]["width_deg"] / _theory_width_deg(kv, tuple(int(c) for c in k)) - 1.0) for k in w
+            }
+        finest = pats[max(args.half_sizes)]
+        for hs in args.half_sizes:
+            if hs != max(args.half_sizes):
+                entry[f"ncc_raw_{hs}_vs_finest"] = float(_ncc(pats[hs], finest).mean())
+                eq = clahe(rescale_per_pattern(pats[hs]))
+                entry[f"ncc_clahe_{hs}_vs_finest"] = float(_ncc(eq, clahe(rescale_per_pattern(finest))).mean())
+        results["per_voltage"][f"{kv:g}"] = entry
+        print(kv, json.dumps(entry), flush=True)
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,6 +326,12 @@ def _parse(argv=None):
     b.add_argument("--model", default=None, help="also a trained voltage model (raw projection and CLAHE'd output)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", default=str(REPO / "runs/voltage/baseline.json"))
+    g = sub.add_parser("grid")
+    g.add_argument("--n", type=int, default=400)
+    g.add_argument("--kv", type=float, nargs="+", default=[17.5, 22.5, 27.5])
+    g.add_argument("--half-sizes", type=int, nargs="+", default=[200, 500, 1000])
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default=str(REPO / "runs/voltage/grid.json"))
     e = sub.add_parser("ebsdsim-check")
     e.add_argument("--kv", type=float, default=20.0)
     e.add_argument("--half-size", type=int, default=60)
@@ -317,6 +365,9 @@ def main(argv=None) -> int:
     args = _parse(argv)
     if args.cmd == "baseline":
         res = baseline(args)
+        out = Path(args.out)
+    elif args.cmd == "grid":
+        res = grid(args)
         out = Path(args.out)
     elif args.cmd == "ebsdsim-check":
         res = ebsdsim_check(args)
