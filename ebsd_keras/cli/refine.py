@@ -56,7 +56,8 @@ def register(subparsers) -> None:
         "--method",
         choices=("gauss-newton-fd", "gauss-newton", "adam"),
         default="gauss-newton-fd",
-        help="optimiser (gauss-newton-fd: fastest and most accurate)",
+        help="optimiser (gauss-newton-fd: the fastest, as accurate as BOBYQA; gauss-newton: slower, a little more "
+        "accurate through a trained model)",
     )
     p.add_argument(
         "--iterations",

@@ -844,7 +844,6 @@ def _gauss_newton(steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, ca
     it_count = np.zeros(b, dtype=np.int64)
     evals = np.zeros(b, dtype=np.int64)
     hess = None
-    eye = np.eye(p)
     for it in range(iters):
         xt = tf.constant(x, tf.float32)
         if hess is None or (hessian_every is not None and it % hessian_every == 0):
@@ -855,25 +854,7 @@ def _gauss_newton(steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, ca
             f, g = steps.gradient_terms(xt, q0, pc0, t_hat)
             evals[active] += 1
         f, g = np.asarray(f, np.float64), np.asarray(g, np.float64)
-        better = f > best_f
-        best_f = np.where(better, f, best_f)
-        best_x[better] = x[better]
-        diag = np.einsum("bii->bi", hess)
-        lhs = hess + damping * diag[:, :, None] * eye + 1e-12 * eye
-        # held parameters: their rows and columns become the identity and their gradient 0, so the solve is the
-        # Gauss-Newton step of the free parameters alone
-        lhs[:, ~free, :] = 0.0
-        lhs[:, :, ~free] = 0.0
-        lhs[:, ~free, ~free] = 1.0
-        g[:, ~free] = 0.0
-        step = -np.linalg.solve(lhs, g[..., None])[..., 0]
-        step[:, :3] = _cap_norm(step[:, :3], cap[0])
-        if p > 3:
-            step[:, 3:] = _cap_norm(step[:, 3:], cap[3])
-        # a step that lowered the NCC: go back half-way towards the best point instead
-        worse = ~better
-        new = np.clip(x + step, -bound, bound)
-        new[worse] = best_x[worse] + 0.5 * (x[worse] - best_x[worse])
+        new = _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, tie_is_better=False)
         moved = np.linalg.norm(new[:, :3] - x[:, :3], axis=1) if free[0] else np.zeros(b)
         pc_moved = np.linalg.norm(new[:, 3:] - x[:, 3:], axis=1) if p > 3 else np.zeros(b)
         it_count[active] += 1
@@ -886,10 +867,14 @@ def _gauss_newton(steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, ca
     return best_x, best_f, it_count, evals
 
 
-def _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, ncc_scaled=False):
-    """One Levenberg-Marquardt update of every row; returns the new x (best_x, best_f are updated in place)."""
+def _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, ncc_scaled=False, tie_is_better=True):
+    """One Levenberg-Marquardt update of every row; returns the new x (best_x, best_f are updated in place).
+
+    ``tie_is_better``: an NCC equal to the best counts as no worse (``gauss-newton-fd``: the same point again, a slot
+    that waited a call); the older ``gauss-newton`` treats it as a failed step.
+    """
     p = x.shape[1]
-    better = f >= best_f  # equal: the same point again (a slot that waited a call)
+    better = (f >= best_f) if tie_is_better else (f > best_f)
     best_f[better] = f[better]
     best_x[better] = x[better]
     eye = np.eye(p)
