@@ -20,10 +20,13 @@ Subcommands (all write JSON next to their outputs; long runs under ``nice -n 5 t
 
 Example::
 
-    PYTHONPATH=. nice -n 5 timeout 900 python benchmarks/voltage.py train --data data/nikin-5kv-tfr \\
-        --out runs/voltage/bands_all.keras --budget-s 600
-    python benchmarks/voltage.py fidelity --model runs/voltage/bands_all.keras \\
-        --test data/nikin-5kv/test.h5 data/nikin-mid/test.h5
+    # the shipped ni-voltage-physics (data: ebsd-keras dataset ... --kv 10 15 20 25 30, then convert)
+    PYTHONPATH=. nice -n 5 timeout 1000 python benchmarks/voltage.py train --data data/nikin-hr-5kv-tfr \\
+        --out runs/voltage/det_all.keras --budget-s 720 --override 'physics_band_render="detector"' \\
+        --override 'physics_band_profile=[241,3.0]' --override 'physics_band_texture=false' \\
+        --override 'physics_band_blur=0'
+    python benchmarks/voltage.py fidelity --model runs/voltage/det_all.keras \\
+        --test data/nikin-hr-5kv/test.h5 data/nikin-hr-mid/test.h5
 """
 
 from __future__ import annotations
