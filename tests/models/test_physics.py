@@ -504,3 +504,32 @@ def test_with_contrast_switches_raw_training_to_clahe_output_with_the_same_weigh
     assert _ncc(raw, eq).mean() < 0.98  # and the contrast did change
     with pytest.raises(ValueError, match="learned"):
         with_contrast(raw_model, "learned")
+
+
+def test_sparse_band_lookup_equals_the_dense_one_with_its_gradients():
+    """The detector render looks profiles up only where they can be non-zero; values and gradients (profiles,
+    strength slopes, directions) are those of the dense lookup over every (pixel, plane) pair."""
+    layer = PhysicsDecoder(
+        dataclasses.replace(
+            _band_decoder().model_config, physics_band_render="detector", physics_band_profile=(61, 3.0)
+        )
+    ).bands
+    rng = np.random.default_rng(4)
+    layer.set_profiles(rng.random((5, 61)))
+    layer.amplitude_slope.assign(rng.normal(size=5).astype(np.float32))
+    dirs = rng.normal(size=(3, 3600, 3)).astype(np.float32)
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    abs_cos = tf.Variable(np.abs(dirs @ layer._normals.T))  # (B, N, P)
+    v = tf.constant([10.0, 17.5, 30.0])
+    results = []
+    for fn in (layer.intensity, layer._sparse_intensity):
+        with tf.GradientTape() as tape:
+            out = fn(abs_cos, v)
+            loss = tf.reduce_sum(out**2)
+        grads = tape.gradient(loss, [layer.profile_variable, layer.amplitude_slope, abs_cos])
+        results.append((np.asarray(out), [np.asarray(tf.convert_to_tensor(g)) for g in grads]))
+    (dense, g_dense), (sparse, g_sparse) = results
+    assert dense.shape == sparse.shape == (3, 3600) and np.abs(dense).max() > 0.1
+    np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_sparse, g_dense, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
