@@ -622,15 +622,23 @@ class BandProfiles(layers.Layer):
         i0 = ops.floor(pos)
         frac = pos - i0
         idx = ops.cast(i0, "int32") + fam[None, None, :] * self.knots
-        table = self.profiles
+        table, slope = self._table_and_slope()
         # one gather of (value, slope) pairs instead of two gathers
-        pairs = ops.stack([table, ops.concatenate([table[:, 1:] - table[:, :-1], ops.zeros_like(table[:, :1])], 1)], -1)
-        got = ops.take(ops.reshape(pairs, (-1, 2)), idx, axis=0)  # (U, N, P, 2)
+        got = ops.take(ops.reshape(ops.stack([table, slope], -1), (-1, 2)), idx, axis=0)  # (U, N, P, 2)
         value = got[..., 0] + got[..., 1] * frac
+        amp = ops.take(self._strength(voltage_kv), fam, axis=1)  # (U, P)
+        return ops.sum(value * inside * amp[:, None, :], axis=-1)  # (U, N)
+
+    def _table_and_slope(self):
+        """(F, knots) profile values and the slope to the next knot (0 after the last)."""
+        table = self.profiles
+        return table, ops.concatenate([table[:, 1:] - table[:, :-1], ops.zeros_like(table[:, :1])], 1)
+
+    def _strength(self, voltage_kv):
+        """(U, F) band strengths a_f(V) = 1 + s_f (lambda(V) / lambda(20 kV) - 1) at voltages (U,) kV."""
         lam = electron_wavelength_angstrom(ops.reshape(ops.cast(voltage_kv, "float32"), (-1, 1)))
         ratio = lam / float(electron_wavelength_angstrom(self.reference_kv)) - 1.0  # (U, 1)
-        amp = 1.0 + ops.take(ops.convert_to_tensor(self.amplitude_slope), fam)[None, :] * ratio  # (U, P)
-        return ops.sum(value * inside * amp[:, None, :], axis=-1)  # (U, N)
+        return 1.0 + ops.convert_to_tensor(self.amplitude_slope)[None, :] * ratio
 
     def _sparse_intensity(self, abs_cos, voltage_kv):
         """:meth:`intensity` (B, N) for (B, N, P) |cos| with one voltage per row, looked up only where it can be
@@ -649,13 +657,11 @@ class BandProfiles(layers.Layer):
         pos = ops.take(ops.reshape(pos, (-1,)), (b_idx * n_pix + n_idx) * n_planes + p_idx)
         i0 = ops.floor(pos)
         frac = pos - i0
-        table = self.profiles
-        slope = ops.concatenate([table[:, 1:] - table[:, :-1], ops.zeros_like(table[:, :1])], 1)
-        idx = ops.cast(i0, "int32") + ops.take(fam, p_idx) * self.knots
+        table, slope = self._table_and_slope()
+        f_idx = ops.take(fam, p_idx)
+        idx = ops.cast(i0, "int32") + f_idx * self.knots
         value = ops.take(ops.reshape(table, (-1,)), idx) + ops.take(ops.reshape(slope, (-1,)), idx) * frac
-        lam = electron_wavelength_angstrom(ops.reshape(ops.cast(voltage_kv, "float32"), (-1,)))
-        ratio = lam / float(electron_wavelength_angstrom(self.reference_kv)) - 1.0  # (B,)
-        amp = 1.0 + ops.take(ops.convert_to_tensor(self.amplitude_slope), ops.take(fam, p_idx)) * ops.take(ratio, b_idx)
+        amp = ops.take(ops.reshape(self._strength(voltage_kv), (-1,)), b_idx * len(self.reflectors) + f_idx)
         batch = ops.shape(abs_cos)[0]
         out = ops.segment_sum(value * amp, b_idx * n_pix + n_idx, num_segments=batch * n_pix)
         return ops.reshape(out, (-1, n_pix))
