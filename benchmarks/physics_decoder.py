@@ -36,6 +36,41 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
+def time_budget(optimizer, args, log_filter: str = ""):
+    """A Keras callback that stops at ``args.budget_s`` seconds (or ``args.max_steps``), decays the learning rate
+    with time (constant until ``args.decay_start`` of the budget, then exponentially to ``args.final_lr_fraction``
+    of ``args.lr``) and prints a progress line every ``args.log_every`` steps (log keys containing ``log_filter``).
+
+    Time-based, so the schedule fits whatever step rate a shared machine gives. ``.steps`` counts the steps run.
+    """
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t0 = time.perf_counter()
+            self.steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            elapsed = time.perf_counter() - self.t0
+            frac = elapsed / args.budget_s
+            if frac > args.decay_start:
+                decay = (frac - args.decay_start) / max(1e-9, 1.0 - args.decay_start)
+                optimizer.learning_rate.assign(args.lr * args.final_lr_fraction ** min(decay, 1.0))
+            if self.steps % args.log_every == 0:
+                print(
+                    f"step {self.steps:6d}  t {elapsed:7.1f} s  {self.steps / elapsed:5.1f} steps/s  "
+                    f"lr {float(optimizer.learning_rate.numpy()):.2e}  "
+                    + "  ".join(f"{k} {float(v):.5f}" for k, v in sorted((logs or {}).items()) if log_filter in k),
+                    flush=True,
+                )
+            max_steps = getattr(args, "max_steps", 0)
+            if elapsed >= args.budget_s or (max_steps and self.steps >= max_steps):
+                self.model.stop_training = True
+
+    return TimeBudget()
+
+
 def _parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(REPO / "runs/physics/model.keras"), help="output .keras model path")
@@ -88,32 +123,7 @@ def train(args, cfg):
     model.compile(phase="cvae", encoder_decoder_optimizer=optimizer, jit_compile=bool(args.jit))
     ds = make_dataset(args.data, "train", batch_size=args.batch, seed=args.seed, repeat=True, drop_remainder=True)
 
-    class Budget(keras.callbacks.Callback):
-        """Stops at the time budget; time-based LR decay; progress lines with windowed means."""
-
-        def on_train_begin(self, logs=None):
-            self.t0 = time.perf_counter()
-            self.window = []
-            self.steps = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.steps += 1
-            elapsed = time.perf_counter() - self.t0
-            frac = elapsed / args.budget_s
-            if frac > args.decay_start:
-                decay = (frac - args.decay_start) / max(1e-9, 1.0 - args.decay_start)
-                optimizer.learning_rate.assign(args.lr * args.final_lr_fraction ** min(decay, 1.0))
-            if self.steps % args.log_every == 0:
-                print(
-                    f"step {self.steps:6d}  t {elapsed:7.1f} s  {self.steps / elapsed:5.1f} steps/s  "
-                    f"lr {float(optimizer.learning_rate.numpy()):.2e}  "
-                    + "  ".join(f"{k} {float(v):.5f}" for k, v in sorted((logs or {}).items())),
-                    flush=True,
-                )
-            if elapsed >= args.budget_s or (args.max_steps and self.steps >= args.max_steps):
-                self.model.stop_training = True
-
-    budget = Budget()
+    budget = time_budget(optimizer, args)
     t0 = time.perf_counter()
     # one long "epoch" per log window keeps Keras' running means windowed
     epochs = 10**6

@@ -34,12 +34,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
 
 
 def _ncc(a, b):
@@ -208,6 +210,7 @@ def _config(args):
 
 def train(args) -> dict:
     import keras
+    from physics_decoder import time_budget
 
     from ebsd_keras._atomic import atomic_path
     from ebsd_keras.data.pipeline import make_dataset
@@ -230,28 +233,7 @@ def train(args) -> dict:
         exclude_voltages=args.exclude_kv,
     )
 
-    class Budget(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.t0 = time.perf_counter()
-            self.steps = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.steps += 1
-            elapsed = time.perf_counter() - self.t0
-            frac = elapsed / args.budget_s
-            if frac > args.decay_start:
-                decay = (frac - args.decay_start) / max(1e-9, 1.0 - args.decay_start)
-                optimizer.learning_rate.assign(args.lr * args.final_lr_fraction ** min(decay, 1.0))
-            if self.steps % args.log_every == 0:
-                print(
-                    f"step {self.steps:6d}  t {elapsed:7.1f} s  {self.steps / elapsed:5.1f} steps/s  "
-                    + "  ".join(f"{k} {float(v):.5f}" for k, v in sorted((logs or {}).items()) if "bce" in k),
-                    flush=True,
-                )
-            if elapsed >= args.budget_s:
-                self.model.stop_training = True
-
-    budget = Budget()
+    budget = time_budget(optimizer, args, log_filter="bce")
     t0 = time.perf_counter()
     model.fit(ds, steps_per_epoch=args.log_every, epochs=10**6, verbose=0, callbacks=[budget])
     seconds = time.perf_counter() - t0
