@@ -56,7 +56,7 @@ from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.models.blocks import LeakyReLU, canonical_quaternion
 from ebsd_keras.models.clahe import clahe_tf
 from ebsd_keras.models.decoders import BaseDecoder, register_decoder
-from ebsd_keras.models.presets import PHYSICS_SYMMETRIES, _physics_sector_side
+from ebsd_keras.models.presets import PHYSICS_BAND_RENDERS, PHYSICS_SYMMETRIES, _physics_sector_side
 from ebsd_keras.simulations.geometry import DetectorGeometry
 from ebsd_keras.simulations.projection import (
     LambertProjector,
@@ -519,8 +519,6 @@ class BandProfiles(layers.Layer):
     ``layer(quaternion (B, 4), voltage_kv (B,), pc=None)`` -> (B, H, W) intensities.
     """
 
-    renders = ("lambert", "detector")
-
     reference_kv = 20.0
 
     def __init__(
@@ -539,8 +537,8 @@ class BandProfiles(layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if render not in self.renders:
-            raise ValueError(f"render must be one of {self.renders}, got {render!r}")
+        if render not in PHYSICS_BAND_RENDERS:
+            raise ValueError(f"render must be one of {PHYSICS_BAND_RENDERS}, got {render!r}")
         self.render = render
         self.reflectors = tuple(tuple(int(i) for i in r) for r in reflectors)
         self.lattice_nm = float(lattice_nm)
@@ -606,17 +604,10 @@ class BandProfiles(layers.Layer):
         self.profile_variable.assign(values.reshape(self.profile_variable.shape))
 
     def intensity(self, abs_cos, voltage_kv):
-        """Band intensities (U, N) at voltages (U,) kV from |cos| between directions and plane normals.
-
-        ``abs_cos`` is (N, P) (the same directions at every voltage) or (U, N, P) (directions of their own per
-        voltage, e.g. one pattern's pixels per row).
-        """
+        """Band intensities (U, N) from |cos| (N, P) between directions and plane normals, at voltages (U,) kV."""
         fam = ops.convert_to_tensor(self._family)
         sin_p = ops.take(self.sin_bragg(voltage_kv), fam, axis=1)[:, None, :]  # (U, 1, P)
-        abs_cos = ops.convert_to_tensor(abs_cos)
-        if len(abs_cos.shape) == 2:
-            abs_cos = abs_cos[None]
-        pos = abs_cos / sin_p * ((self.knots - 1) / self.extent)  # (U, N, P)
+        pos = ops.convert_to_tensor(abs_cos)[None] / sin_p * ((self.knots - 1) / self.extent)  # (U, N, P)
         inside = ops.cast(pos < self.knots - 1, "float32")
         pos = ops.minimum(pos, self.knots - 1 - 1e-3)
         i0 = ops.floor(pos)
