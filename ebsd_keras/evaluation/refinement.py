@@ -234,15 +234,12 @@ def _physics_stages(decoder, inputs_of) -> ClaheStages:
     """The physics decoder's clahe path as :class:`ClaheStages`: rescaled projection | CLAHE | logits + residual."""
     from keras import ops
 
-    from ebsd_keras.models.physics import PROB_EPS
+    from ebsd_keras.models.physics import PROB_EPS, _minmax_unit
 
     cfg = decoder.model_config
 
     def pre(q, pc):
-        raw = decoder.project(inputs_of(q, pc))
-        lo = ops.min(raw, axis=(1, 2), keepdims=True)
-        span = ops.max(raw, axis=(1, 2), keepdims=True) - lo
-        return (raw - lo) / ops.where(span > 0, span, ops.ones_like(span)) * 255.0
+        return _minmax_unit(decoder.project(inputs_of(q, pc))) * 255.0
 
     def post(c):
         # sigmoid(logit_eps(p) + r) with the z = 0 residual r the same for every pattern: (p + eps) e^r / ((p + eps)
@@ -261,13 +258,10 @@ def _physics_clahe_probabilities(decoder, inputs, differentiable: bool, gradient
     from keras import ops
 
     from ebsd_keras.models.clahe import clahe_tf
-    from ebsd_keras.models.physics import PROB_EPS
+    from ebsd_keras.models.physics import PROB_EPS, _minmax_unit
 
     cfg = decoder.model_config
-    raw = decoder.project(inputs)
-    lo = ops.min(raw, axis=(1, 2), keepdims=True)
-    span = ops.max(raw, axis=(1, 2), keepdims=True) - lo
-    unit = (raw - lo) / ops.where(span > 0, span, ops.ones_like(span))
+    unit = _minmax_unit(decoder.project(inputs))
     p = (
         clahe_tf(
             unit * 255.0,
@@ -315,6 +309,7 @@ def master_pattern_generator(
 
     from ebsd_keras.data.preprocess import CLAHEConfig
     from ebsd_keras.models.clahe import clahe_tf
+    from ebsd_keras.models.physics import _minmax_unit
     from ebsd_keras.simulations.geometry import DetectorGeometry
     from ebsd_keras.simulations.projection import LambertProjector
 
@@ -336,28 +331,22 @@ def master_pattern_generator(
     projector = LambertProjector(geometry, npx=(north.shape[-1] - 1) // 2)
     north_t, south_t = ops.convert_to_tensor(north), ops.convert_to_tensor(south)
 
+    def pre(q, pc):  # grey levels in [0, 255], before rounding and CLAHE
+        return _minmax_unit(projector(north_t, south_t, ops.cast(q, "float32"), pc=pc)) * 255.0
+
     def fn(q, pc=None):
-        raw = projector(north_t, south_t, ops.cast(q, "float32"), pc=pc)
-        lo = ops.min(raw, axis=(1, 2), keepdims=True)
-        span = ops.max(raw, axis=(1, 2), keepdims=True) - lo
-        unit = (raw - lo) / ops.where(span > 0, span, ops.ones_like(span))
+        grey = pre(q, pc)
         if clahe_config is None:
-            rounded = ops.round(unit * 255.0)  # the dataset's uint8 rounding; straight-through gradient
-            return (unit * 255.0 + ops.stop_gradient(rounded - unit * 255.0)) / 255.0
+            rounded = ops.round(grey)  # the dataset's uint8 rounding; straight-through gradient
+            return (grey + ops.stop_gradient(rounded - grey)) / 255.0
         out = clahe_tf(
-            unit * 255.0,
+            grey,
             clahe_config.clip_limit,
             clahe_config.tiles,
             differentiable=differentiable,
             gradient=clahe_gradient,
         )
         return out / 255.0
-
-    def pre(q, pc):
-        raw = projector(north_t, south_t, ops.cast(q, "float32"), pc=pc)
-        lo = ops.min(raw, axis=(1, 2), keepdims=True)
-        span = ops.max(raw, axis=(1, 2), keepdims=True) - lo
-        return (raw - lo) / ops.where(span > 0, span, ops.ones_like(span)) * 255.0
 
     fn.takes_pc = True
     fn.image_shape = tuple(geometry.shape)
