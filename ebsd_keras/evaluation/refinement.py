@@ -419,22 +419,26 @@ class _Steps:
         self.n_params = n_params
         self.use_pc = use_pc
 
-        def residual(x, q0, pc0, t_hat):
+        def rotated(x, q0, pc0):
+            """(q, pc) at parameters x: q = exp(v) * q0, pc = pc0 (+ d)."""
             v = x[:, :3]
             angle = tf.sqrt(tf.reduce_sum(v * v, axis=-1, keepdims=True) + 1e-30)
             half = 0.5 * angle
             # sin(a/2)/a -> 1/2 as a -> 0 (Taylor below 1e-4 rad keeps the gradient finite at v = 0)
             k = tf.where(angle > 1e-4, tf.sin(half) / angle, 0.5 - angle * angle / 48.0)
-            dq = tf.concat([tf.cos(half), k * v], axis=-1)
-            q = _hamilton(dq, q0)
+            q = _hamilton(tf.concat([tf.cos(half), k * v], axis=-1), q0)
             pc = None
             if use_pc:
                 pc = pc0 + x[:, 3:] if n_params == 6 else pc0
-            y = generator(q, pc)
-            y = tf.reshape(tf.cast(y, tf.float32), (tf.shape(x)[0], -1))
+            return q, pc
+
+        def unit_rows(y):
+            y = tf.reshape(tf.cast(y, tf.float32), (tf.shape(y)[0], -1))
             y = y - tf.reduce_mean(y, axis=1, keepdims=True)
-            y = y / tf.sqrt(tf.reduce_sum(y * y, axis=1, keepdims=True) + 1e-20)
-            return y - t_hat
+            return y / tf.sqrt(tf.reduce_sum(y * y, axis=1, keepdims=True) + 1e-20)
+
+        def residual(x, q0, pc0, t_hat):
+            return unit_rows(generator(*rotated(x, q0, pc0))) - t_hat
 
         def jacobian_terms(x, q0, pc0, t_hat):
             p = n_params
@@ -456,23 +460,6 @@ class _Steps:
                 half_sq = 0.5 * tf.reduce_sum(r * r, axis=1)
                 total = tf.reduce_sum(half_sq)
             return 1.0 - half_sq, tape.gradient(total, x)
-
-        def rotated(x, q0, pc0):
-            """(q, pc) at parameters x: q = exp(v) * q0, pc = pc0 (+ d)."""
-            v = x[:, :3]
-            angle = tf.sqrt(tf.reduce_sum(v * v, axis=-1, keepdims=True) + 1e-30)
-            half = 0.5 * angle
-            k = tf.where(angle > 1e-4, tf.sin(half) / angle, 0.5 - angle * angle / 48.0)
-            q = _hamilton(tf.concat([tf.cos(half), k * v], axis=-1), q0)
-            pc = None
-            if use_pc:
-                pc = pc0 + x[:, 3:] if n_params == 6 else pc0
-            return q, pc
-
-        def unit_rows(y):
-            y = tf.reshape(tf.cast(y, tf.float32), (tf.shape(y)[0], -1))
-            y = y - tf.reduce_mean(y, axis=1, keepdims=True)
-            return y / tf.sqrt(tf.reduce_sum(y * y, axis=1, keepdims=True) + 1e-20)
 
         stages = getattr(generator, "stages", None)
         self.stages = stages
