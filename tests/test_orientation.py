@@ -10,6 +10,12 @@ from orix.quaternion import Orientation, Rotation, symmetry
 from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.orientation import (
     CUBIC_SYMMETRY,
+    LAUE_GROUPS,
+    POINT_GROUP_TO_LAUE,
+    fold_to_fundamental_sector,
+    laue_group,
+    symmetry_matrices,
+    symmetry_operators,
     check_euler_radians,
     disorientation,
     disorientation_angle,
@@ -149,3 +155,131 @@ def test_keras_loss_gradient_finite_at_zero_and_descends():
             loss = tf.reduce_mean(disorientation_loss(target, x))
         opt.apply_gradients([(tape.gradient(loss, x), x)])
     assert disorientation(target, x.numpy()).mean() < min(1.0, before / 10)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every Laue group, against orix
+# ----------------------------------------------------------------------------------------------------------------
+
+_ORIX_LAUE = {g.name: g for g in symmetry._groups if g.name in LAUE_GROUPS}
+_ORDERS = {"-1": 1, "2/m": 2, "mmm": 4, "4/m": 4, "4/mmm": 8, "-3": 3, "-3m": 6, "6/m": 6, "6/mmm": 12, "m-3": 12}
+
+
+@pytest.fixture(scope="module")
+def pairs64():
+    rng = np.random.default_rng(17)
+    a, b = rng.normal(size=(2, 3000, 4))
+    return a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+
+
+def test_eleven_laue_groups_and_point_group_mapping():
+    assert len(LAUE_GROUPS) == 11 and set(_ORIX_LAUE) == set(LAUE_GROUPS)
+    assert len(POINT_GROUP_TO_LAUE) == 40  # the 32 point groups and orix's 8 names of other settings
+    orix_name = {"2": "112", "m": "11m"}  # orix spells these two by their setting
+    for name, laue in POINT_GROUP_TO_LAUE.items():  # orix agrees on every point group's Laue group
+        assert next(g for g in symmetry._groups if g.name == orix_name.get(name, name)).laue.name == laue
+    assert laue_group("622") == "6/mmm" and laue_group("-43m") == "m-3m"
+    with pytest.raises(EBSDInputError, match="symmetry: unknown point group '6/mm'"):
+        laue_group("6/mm")
+
+
+@pytest.mark.parametrize("group", LAUE_GROUPS)
+def test_symmetry_operators_equal_orix_laue_proper_subgroup(group):
+    ours = symmetry_operators(group)
+    ref = _ORIX_LAUE[group].laue_proper_subgroup.data
+    assert ours.shape == (len(ref), 4) == (_ORDERS.get(group, 24), 4)
+    np.testing.assert_allclose(ours[0], [1, 0, 0, 0])
+    assert np.all(ours[:, 0] >= 0)
+    # the same set up to q -> -q, each element once
+    dots = np.abs(ref @ ours.T)
+    np.testing.assert_allclose(np.sort(dots.max(axis=1)), 1.0, atol=1e-12)
+    np.testing.assert_allclose(np.sort(dots.max(axis=0)), 1.0, atol=1e-12)
+    assert np.all(np.isclose(dots, 1.0, atol=1e-9).sum(axis=1) == 1)
+    # matrices: proper rotations and their inverses, closed under products
+    mats = symmetry_matrices(group)
+    assert mats.shape == (2 * len(ours), 3, 3)
+    np.testing.assert_allclose(np.linalg.det(mats[: len(ours)]), 1.0)
+    np.testing.assert_allclose(np.linalg.det(mats[len(ours) :]), -1.0)
+    prods = np.einsum("aij,bjk->abik", mats, mats).reshape(-1, 1, 9)
+    assert np.all(np.min(np.abs(prods - mats.reshape(1, -1, 9)).max(axis=2), axis=1) < 1e-12)
+
+
+@pytest.mark.parametrize("group", LAUE_GROUPS)
+def test_disorientation_and_reduction_match_orix_for_every_group(group, pairs64):
+    a, b = pairs64
+    sym = _ORIX_LAUE[group]
+    ref = Orientation(a, sym).angle_with(Orientation(b, sym), degrees=True)
+    ours = disorientation(a, b, symmetry=group)
+    assert np.abs(ours - ref).max() <= 1e-6
+    # equivalent inputs give the same angle
+    s = symmetry_operators(group)[np.arange(len(a)) % len(symmetry_operators(group))]
+    np.testing.assert_allclose(disorientation(quaternion_multiply(s, a), -b, symmetry=group), ours, atol=1e-9)
+    np.testing.assert_allclose(disorientation(a, a, symmetry=group), 0.0, atol=1e-6)
+    fz = reduce_to_fundamental_zone(a, symmetry=group)
+    orix_fz = Orientation(a, sym).reduce().data
+    np.testing.assert_allclose(fz, orix_fz * np.sign(orix_fz[:, :1]), atol=1e-12)
+    assert np.all(Orientation(fz, sym) < _orientation_region(sym))
+
+
+def _orientation_region(sym):
+    from orix.quaternion import OrientationRegion
+
+    return OrientationRegion.from_symmetry(sym.laue_proper_subgroup)
+
+
+def test_default_symmetry_is_cubic(pairs64):
+    a, b = pairs64
+    np.testing.assert_array_equal(disorientation(a, b), disorientation(a, b, symmetry="m-3m"))
+    assert disorientation(a, b, symmetry="-1").max() > 150 > 62.8 > disorientation(a, b).max()
+
+
+@pytest.mark.parametrize("group", LAUE_GROUPS)
+def test_keras_loss_and_angle_any_group(group, pairs64):
+    a, b = (x[:500] for x in pairs64)
+    angle = disorientation(a, b, symmetry=group)
+    loss = ops.convert_to_numpy(disorientation_loss(a, -2.0 * b, symmetry=group))
+    np.testing.assert_allclose(loss, 1 - np.cos(np.deg2rad(angle) / 2), atol=1e-9)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(disorientation_angle(a.astype("float32"), b.astype("float32"), symmetry=group)),
+        angle,
+        atol=2e-3,
+    )
+    # finite gradient at 0 deg: identical and symmetry-equivalent predictions
+    target = a[:8].astype("float32")
+    equivalent = quaternion_multiply(symmetry_operators(group)[-1][None], a[:8]).astype("float32")
+    for start in (target, equivalent, 3.0 * target):
+        x = tf.Variable(start)
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(disorientation_loss(target, x, symmetry=group))
+            total += tf.reduce_sum(disorientation_angle(target, x, symmetry=group))
+        grad = tape.gradient(total, x).numpy()
+        assert np.all(np.isfinite(grad))
+        assert float(total) < 1e-2
+
+
+@pytest.mark.parametrize("group", LAUE_GROUPS)
+def test_fold_to_fundamental_sector(group):
+    v = np.random.default_rng(3).normal(size=(2000, 3))
+    folded = np.stack(fold_to_fundamental_sector(*v.T, symmetry=group), axis=-1)
+    np.testing.assert_allclose(np.linalg.norm(folded, axis=1), np.linalg.norm(v, axis=1))
+    mats = symmetry_matrices(group)
+    # every symmetry image of a direction folds to the same representative, which is one of its images
+    for m in mats[:: max(1, len(mats) // 5)]:
+        again = np.stack(fold_to_fundamental_sector(*(v @ m.T).T, symmetry=group), axis=-1)
+        np.testing.assert_allclose(again, folded, atol=1e-12)
+    images = np.einsum("gij,nj->ngi", mats, v)
+    assert np.all(np.min(np.abs(images - folded[:, None]).max(axis=2), axis=1) < 1e-12)
+    # the same in keras.ops
+    k = fold_to_fundamental_sector(*(ops.convert_to_tensor(c) for c in v.T), symmetry=group)
+    np.testing.assert_allclose(np.stack([ops.convert_to_numpy(c) for c in k], axis=-1), folded, atol=1e-12)
+
+
+def test_fold_sectors_of_reflection_groups_are_the_standard_triangles():
+    v = np.random.default_rng(4).normal(size=(3000, 3))
+    x, y, z = fold_to_fundamental_sector(*v.T, symmetry="m-3m")
+    assert np.all((0 <= y) & (y <= x) & (x <= z))
+    x, y, z = fold_to_fundamental_sector(*v.T, symmetry="6/mmm")
+    azimuth = np.degrees(np.arctan2(y, x))
+    assert np.all((z >= 0) & (azimuth >= 0) & (azimuth <= 30 + 1e-9))
+    x, y, z = fold_to_fundamental_sector(*v.T, symmetry="4/mmm")
+    assert np.all((z >= 0) & (y >= 0) & (y <= x))
