@@ -100,14 +100,15 @@ def optimal_bce(x, eps: float = 1e-7):
     return _per_sample_mean(h)
 
 
-def orientation_loss(q_true, q_pred):
-    """Eqs 8-9: cubic disorientation loss ``1 - cos(theta / 2)`` per sample (see ``ebsd_keras.orientation``)."""
-    return disorientation_loss(q_true, q_pred)
+def orientation_loss(q_true, q_pred, symmetry: str = "m-3m"):
+    """Eqs 8-9: disorientation loss ``1 - cos(theta / 2)`` per sample for the crystal's Laue group ``symmetry``
+    (default cubic m-3m; see ``ebsd_keras.orientation``)."""
+    return disorientation_loss(q_true, q_pred, symmetry=symmetry)
 
 
-def orientation_error_deg(q_true, q_pred):
-    """Cubic disorientation angle per sample, degrees (a metric, not trained on)."""
-    return disorientation_angle(q_true, q_pred)
+def orientation_error_deg(q_true, q_pred, symmetry: str = "m-3m"):
+    """Disorientation angle per sample for the Laue group ``symmetry`` (default m-3m), degrees (a metric)."""
+    return disorientation_angle(q_true, q_pred, symmetry=symmetry)
 
 
 def voltage_mse(v_true_kv, v_pred_kv, scale_kv: float = 1.0):
