@@ -274,7 +274,7 @@ def main(argv=None) -> int:
 
     from ebsd_keras._atomic import atomic_path
     from ebsd_keras.data.simulate import embedded_master_pattern_path
-    from ebsd_keras.models import physics
+    from ebsd_keras.models import tools
     from ebsd_keras.models.presets import count_parameters
 
     if args.evaluate_only:
@@ -300,12 +300,12 @@ def main(argv=None) -> int:
     patterns, quats = _load_test(args.test, args.n_test, args.seed)
     results["fidelity"], generated = fidelity(decoder, patterns, quats)
     print("fidelity:", json.dumps(results["fidelity"]), flush=True)
-    results["texture_ncc"] = physics.texture_ncc(decoder, embedded_master_pattern_path(), energy_kv=20.0)
-    results["texture_rank_ncc"] = physics.texture_ncc(decoder, embedded_master_pattern_path(), 20.0, rank=True)
+    results["texture_ncc"] = tools.texture_ncc(decoder, embedded_master_pattern_path(), energy_kv=20.0)
+    results["texture_rank_ncc"] = tools.texture_ncc(decoder, embedded_master_pattern_path(), 20.0, rank=True)
     print("texture NCC with EMsoft Ni 20 kV:", round(results["texture_ncc"], 5), flush=True)
     print("texture rank NCC (Spearman):", round(results["texture_rank_ncc"], 5), flush=True)
     mp_path = out.with_name(out.stem + "_master_pattern.h5")
-    physics.export_master_pattern(decoder, mp_path, energy_kv=20.0)
+    tools.export_master_pattern(decoder, mp_path, energy_kv=20.0)
     results["master_pattern_file"] = str(mp_path)
 
     reloaded = keras.saving.load_model(out, safe_mode=True)

@@ -70,7 +70,7 @@ def _switched(args):
     from ebsd_keras._atomic import atomic_path
     from ebsd_keras.errors import EBSDInputError
     from ebsd_keras.generation import load_generator
-    from ebsd_keras.models.physics import with_contrast
+    from ebsd_keras.models.tools import with_contrast
 
     loaded, _ = load_generator(args.model)
     try:

@@ -234,12 +234,12 @@ def _physics_stages(decoder, inputs_of) -> ClaheStages:
     """The physics decoder's clahe path as :class:`ClaheStages`: rescaled projection | CLAHE | logits + residual."""
     from keras import ops
 
-    from ebsd_keras.models.physics import PROB_EPS, _minmax_unit
+    from ebsd_keras.models.physics import PROB_EPS, minmax_unit
 
     cfg = decoder.model_config
 
     def pre(q, pc):
-        return _minmax_unit(decoder.project(inputs_of(q, pc))) * 255.0
+        return minmax_unit(decoder.project(inputs_of(q, pc))) * 255.0
 
     def post(c):
         # sigmoid(logit_eps(p) + r) with the z = 0 residual r the same for every pattern: (p + eps) e^r / ((p + eps)
@@ -258,10 +258,10 @@ def _physics_clahe_probabilities(decoder, inputs, differentiable: bool, gradient
     from keras import ops
 
     from ebsd_keras.models.clahe import clahe_tf
-    from ebsd_keras.models.physics import PROB_EPS, _minmax_unit
+    from ebsd_keras.models.physics import PROB_EPS, minmax_unit
 
     cfg = decoder.model_config
-    unit = _minmax_unit(decoder.project(inputs))
+    unit = minmax_unit(decoder.project(inputs))
     p = (
         clahe_tf(
             unit * 255.0,
@@ -309,7 +309,7 @@ def master_pattern_generator(
 
     from ebsd_keras.data.preprocess import CLAHEConfig
     from ebsd_keras.models.clahe import clahe_tf
-    from ebsd_keras.models.physics import _minmax_unit
+    from ebsd_keras.models.physics import minmax_unit
     from ebsd_keras.simulations.geometry import DetectorGeometry
     from ebsd_keras.simulations.projection import LambertProjector
 
@@ -332,7 +332,7 @@ def master_pattern_generator(
     north_t, south_t = ops.convert_to_tensor(north), ops.convert_to_tensor(south)
 
     def pre(q, pc):  # grey levels in [0, 255], before rounding and CLAHE
-        return _minmax_unit(projector(north_t, south_t, ops.cast(q, "float32"), pc=pc)) * 255.0
+        return minmax_unit(projector(north_t, south_t, ops.cast(q, "float32"), pc=pc)) * 255.0
 
     def fn(q, pc=None):
         grey = pre(q, pc)

@@ -85,7 +85,7 @@ def band_profile_widths(patterns, quaternions, detector: dict, families=BAND_FAM
         ``{"111": {"width_deg", "profile", "angles_deg"}, ...}``: band width (twice the edge angle) and the mean
         profile (standardised intensity per angle bin).
     """
-    from ebsd_keras.models.physics import cubic_plane_normals
+    from ebsd_keras.simulations.physics import cubic_plane_normals
 
     x = np.asarray(patterns, np.float64).reshape(len(patterns), -1)
     x = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-12)
@@ -201,7 +201,7 @@ def raw_model_generator(model):
 
 
 def _theory_width_deg(kv: float, hkl, lattice_nm: float = 0.35236) -> float:
-    from ebsd_keras.models.physics import bragg_angle_rad
+    from ebsd_keras.simulations.physics import bragg_angle_rad
 
     d = lattice_nm / math.sqrt(sum(int(i) ** 2 for i in hkl))
     return float(2.0 * np.degrees(bragg_angle_rad(kv, d)))

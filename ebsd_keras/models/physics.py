@@ -36,121 +36,58 @@ has that built in (issue 6):
 Output: logits (B, H, W, 1) like every :class:`~ebsd_keras.models.decoders.BaseDecoder`. Probabilities p from the
 CLAHE / rescale paths become logits as ``log(p + eps) - log(1 - p + eps)`` (eps = 1e-4, finite at p = 0 and 1).
 
-The learned master pattern can be exported in EMsoft's EMEBSDmaster layout (:func:`export_master_pattern`) and
-compared with a reference master pattern (:func:`texture_ncc`). Learned from CLAHE'd patterns it is determined only
+The learned master pattern can be exported in EMsoft's EMEBSDmaster layout
+(:func:`ebsd_keras.models.tools.export_master_pattern`) and compared with a reference master pattern
+(:func:`ebsd_keras.models.tools.texture_ncc`). Learned from CLAHE'd patterns it is determined only
 up to what CLAHE preserves: the order of intensities within each tile (plus the clip limit's weak pull), so its
-plain NCC with EMsoft's is lower than its rank correlation (``texture_ncc(..., rank=True)``).
+plain NCC with EMsoft's is lower than its rank correlation (``tools.texture_ncc(..., rank=True)``).
 """
 
 from __future__ import annotations
-
-import json
-import math
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from ebsd_keras._atomic import atomic_path
-from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.models.blocks import LeakyReLU, canonical_quaternion
 from ebsd_keras.models.clahe import clahe_tf
 from ebsd_keras.models.decoders import BaseDecoder, register_decoder
 from ebsd_keras.models.presets import PHYSICS_BAND_RENDERS, PHYSICS_SYMMETRIES, _physics_sector_side
 from ebsd_keras.simulations.geometry import DetectorGeometry
+from ebsd_keras.simulations.physics import cubic_plane_normals, electron_wavelength_angstrom
 from ebsd_keras.simulations.projection import (
     LambertProjector,
-    _bilinear,
-    _lambert_pixels,
-    _rotate_components,
+    bilinear_from_table,
+    bilinear_numpy,
+    fold_directions,
     gnomonic_directions,
+    lambert_grid_directions,
+    lambert_pixels,
+    lambert_pixels_numpy,
     quaternion_to_matrix,
+    resample_lambert,
+    rotate_components,
 )
 
 __all__ = [
     "MasterPatternTexture",
     "PhysicsDecoder",
     "physics_geometry",
-    "fold_directions",
-    "lambert_grid_directions",
     "sector_side",
     "voltage_weights",
     "BandProfiles",
-    "electron_wavelength_angstrom",
-    "bragg_angle_rad",
-    "cubic_plane_normals",
-    "resample_lambert",
-    "master_pattern_hemispheres",
-    "export_master_pattern",
-    "texture_ncc",
-    "with_contrast",
+    "minmax_unit",
+    "PROB_EPS",
 ]
 
 _register = keras.saving.register_keras_serializable(package="ebsd_keras")
 #: Probabilities become logits as log(p + eps) - log(1 - p + eps): finite (|logit| <= 9.2) with a gradient at 0 / 1.
 PROB_EPS = 1e-4
-_SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Symmetry folding and Lambert grids (numpy for constants, keras.ops in the graph)
+# Symmetry sectors and voltage knots (the folding and Lambert grids are in simulations.projection)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def fold_directions(x, y, z, symmetry: str):
-    """Map direction components into the fundamental sector of ``symmetry`` (keras.ops or numpy arrays).
-
-    Parameters
-    ----------
-    x, y, z
-        Components of (unit) crystal-frame directions, any matching shapes.
-    symmetry
-        "m-3m": the 48 operations of the cubic holohedry are the signed permutations of (x, y, z), so sorting the
-        absolute values (y = smallest, x = middle, z = largest) picks the representative in 0 <= y <= x <= z.
-        "4/mmm": sign changes of all three and the x <-> y swap: (max(|x|, |y|), min(|x|, |y|), |z|).
-
-    Returns
-    -------
-    tuple
-        (x, y, z) folded, the same kind of arrays.
-    """
-    if symmetry not in ("m-3m", "4/mmm"):
-        raise ValueError(f"cannot fold for symmetry {symmetry!r}; use 'm-3m' or '4/mmm'")
-    xp = np if isinstance(x, np.ndarray) else ops
-    ax, ay, az = xp.abs(x), xp.abs(y), xp.abs(z)
-    hi_xy, lo_xy = xp.maximum(ax, ay), xp.minimum(ax, ay)
-    if symmetry == "4/mmm":
-        return hi_xy, lo_xy, az
-    hi = xp.maximum(hi_xy, az)
-    lo = xp.minimum(lo_xy, az)
-    mid = xp.maximum(lo_xy, xp.minimum(hi_xy, az))  # the median of three, exact (no cancellation)
-    return mid, lo, hi
-
-
-def lambert_grid_directions(npx: int) -> np.ndarray:
-    """Unit directions of the northern square-Lambert grid pixels (inverse of the EMsoft / kikuchipy mapping).
-
-    Returns
-    -------
-    numpy.ndarray
-        (2 npx + 1, 2 npx + 1, 3) float64, ``[i, j]`` = direction of row i (Lambert Y), column j (Lambert X), z >= 0.
-        The southern pixel (i, j) is the same with z negated.
-    """
-    side = 2 * npx + 1
-    coord = (np.arange(side, dtype=np.float64) - npx) / npx * _SQRT_HALF_PI
-    lam_y, lam_x = np.meshgrid(coord, coord, indexing="ij")
-    use_x = np.abs(lam_y) <= np.abs(lam_x)
-    a = np.where(use_x, lam_x, lam_y)  # dominant coordinate
-    b = np.where(use_x, lam_y, lam_x)
-    safe = np.where(a == 0, 1.0, a)
-    rho = 2.0 * a / math.pi * np.sqrt(np.maximum(math.pi - a * a, 0.0))  # signed in-plane radius
-    angle = b * math.pi / (4.0 * safe)
-    p, q = rho * np.cos(angle), rho * np.sin(angle)
-    z = 1.0 - 2.0 * a * a / math.pi
-    x = np.where(use_x, p, q)
-    y = np.where(use_x, q, p)
-    v = np.stack([x, y, z], axis=-1)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
 def sector_side(npx: int, symmetry: str) -> int:
@@ -188,34 +125,6 @@ def voltage_weights(voltage_kv, knots_kv):
         right = ops.relu(1.0 - (v - k) / (knots[i + 1] - k)) if i < len(knots) - 1 else ops.cast(v >= k, "float32")
         cols.append(ops.where(v <= k, left, right))
     return ops.concatenate(cols, axis=-1)
-
-
-def resample_lambert(texture: np.ndarray, npx_out: int) -> np.ndarray:
-    """Bilinear resampling of square-Lambert hemispheres to another half side (Lambert coordinates scale linearly).
-
-    Parameters
-    ----------
-    texture
-        (..., S, S) with S = 2 npx_in + 1.
-    npx_out
-        Target half side.
-
-    Returns
-    -------
-    numpy.ndarray
-        (..., 2 npx_out + 1, 2 npx_out + 1) float64.
-    """
-    texture = np.asarray(texture, dtype=np.float64)
-    side_in = texture.shape[-1]
-    npx_in = (side_in - 1) // 2
-    if npx_in == npx_out:
-        return texture.copy()
-    pos = (np.arange(2 * npx_out + 1, dtype=np.float64) - npx_out) * (npx_in / npx_out) + npx_in
-    i0 = np.clip(np.floor(pos).astype(int), 0, side_in - 1)
-    i1 = np.minimum(i0 + 1, side_in - 1)
-    w = pos - i0
-    rows = texture[..., i0, :] * (1 - w)[:, None] + texture[..., i1, :] * w[:, None]
-    return rows[..., i0] * (1 - w) + rows[..., i1] * w
 
 
 def physics_geometry(config) -> DetectorGeometry:
@@ -318,13 +227,13 @@ class MasterPatternTexture(layers.Layer):
             out = self.projector(tex[0], tex[1], q, pc=pc)  # (B, H, W, C)
             return ops.reshape(out, (-1, h, w, self.channels))
         directions = self.projector.directions if pc is None else gnomonic_directions(pc, self.geometry)
-        x, y, z = _rotate_components(directions, quaternion_to_matrix(q))
+        x, y, z = rotate_components(directions, quaternion_to_matrix(q))
         x, y, z = fold_directions(x, y, z, self.symmetry)
-        row, col = _lambert_pixels(x, y, z, self.npx)
+        row, col = lambert_pixels(x, y, z, self.npx)
         m = self.variable_shape[0]
         table = ops.reshape(tex, (m * m, self.channels))
         # the sector starts at the pole pixel (npx, npx); folded coordinates are >= npx up to rounding
-        out = _bilinear(table, m, row - float(self.npx), col - float(self.npx), True)
+        out = bilinear_from_table(table, m, row - float(self.npx), col - float(self.npx), True)
         return ops.reshape(out, (-1, h, w, self.channels))
 
     def compute_output_shape(self, quaternion_shape, pc_shape=None):
@@ -335,7 +244,7 @@ class MasterPatternTexture(layers.Layer):
         """(row, col) of each northern grid pixel's folded direction in the sector variable, float64 (S, S)."""
         v = lambert_grid_directions(self.npx)
         x, y, z = fold_directions(v[..., 0], v[..., 1], v[..., 2], self.symmetry)
-        row, col = _numpy_lambert_pixels(x, y, z, self.npx)
+        row, col = lambert_pixels_numpy(x, y, z, self.npx)
         return row - self.npx, col - self.npx
 
     def hemispheres(self) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +258,7 @@ class MasterPatternTexture(layers.Layer):
             north, south = tex[0], tex[1]
             return (np.moveaxis(north, -1, 0).astype(np.float32), np.moveaxis(south, -1, 0).astype(np.float32))
         row, col = self._fold_table()
-        north = np.moveaxis(_numpy_bilinear(tex, row, col), -1, 0).astype(np.float32)  # (C, S, S)
+        north = np.moveaxis(bilinear_numpy(tex, row, col), -1, 0).astype(np.float32)  # (C, S, S)
         return north, north.copy()
 
     def set_master_pattern(self, north, south=None) -> None:
@@ -389,75 +298,9 @@ class MasterPatternTexture(layers.Layer):
         }
 
 
-def _numpy_lambert_pixels(x, y, z, npx):
-    """float64 numpy version of the Lambert pixel coordinates (same formulas as the projection)."""
-    row, col = _lambert_pixels(
-        ops.convert_to_tensor(np.asarray(x, np.float64)),
-        ops.convert_to_tensor(np.asarray(y, np.float64)),
-        ops.convert_to_tensor(np.asarray(z, np.float64)),
-        npx,
-    )
-    return np.asarray(ops.convert_to_numpy(row)), np.asarray(ops.convert_to_numpy(col))
-
-
-def _numpy_bilinear(tex, row, col):
-    """Bilinear samples of (m, m, C) ``tex`` at float pixel coordinates, clamped like the projection."""
-    m = tex.shape[0]
-    i0 = np.clip(np.floor(row), 0, m - 1)
-    j0 = np.clip(np.floor(col), 0, m - 1)
-    di, dj = (row - i0)[..., None], (col - j0)[..., None]
-    i0, j0 = i0.astype(int), j0.astype(int)
-    i1, j1 = np.minimum(i0 + 1, m - 1), np.minimum(j0 + 1, m - 1)
-    top = tex[i0, j0] + (tex[i0, j1] - tex[i0, j0]) * dj
-    bottom = tex[i1, j0] + (tex[i1, j1] - tex[i1, j0]) * dj
-    return top + (bottom - top) * di
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Voltage as physics: band profiles whose widths follow the Bragg angles
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def electron_wavelength_angstrom(voltage_kv):
-    """Relativistic electron wavelength (Angstrom) at an accelerating voltage (kV); numpy or keras.ops input.
-
-    lambda = h / sqrt(2 m0 e V (1 + e V / (2 m0 c^2))) = 12.2643 / sqrt(V (1 + 0.97848e-6 V)) Angstrom, V in volts.
-    """
-    xp = np if isinstance(voltage_kv, (np.ndarray, float, int)) else ops
-    volts = voltage_kv * 1000.0
-    return 12.2643 / xp.sqrt(volts * (1.0 + 0.97848e-6 * volts))
-
-
-def bragg_angle_rad(voltage_kv, d_nm):
-    """Bragg angle (rad) of lattice planes of spacing ``d_nm`` (nm) at ``voltage_kv`` (kV): asin(lambda / 2d)."""
-    return np.arcsin(electron_wavelength_angstrom(np.asarray(voltage_kv, np.float64)) / (20.0 * np.asarray(d_nm)))
-
-
-def cubic_plane_normals(reflectors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit normals of every cubic-symmetry equivalent plane of each (hkl) family (one of each +-g pair).
-
-    Returns
-    -------
-    normals, family, hkl2
-        (P, 3) float64 unit normals, (P,) int family index of each, (F,) h^2 + k^2 + l^2 of each family.
-    """
-    import itertools
-
-    normals, family, hkl2 = [], [], []
-    for f, hkl in enumerate(reflectors):
-        h = np.asarray(hkl, dtype=np.float64)
-        seen = set()
-        for perm in itertools.permutations(h):
-            for signs in itertools.product((1.0, -1.0), repeat=3):
-                v = np.asarray(perm) * np.asarray(signs)
-                first = v[np.nonzero(v)[0][0]]
-                key = tuple(np.round(v if first > 0 else -v, 9))  # +-g is one plane
-                if key not in seen:
-                    seen.add(key)
-                    normals.append(np.asarray(key) / np.linalg.norm(key))
-                    family.append(f)
-        hkl2.append(float(h @ h))
-    return np.asarray(normals), np.asarray(family, dtype=np.int32), np.asarray(hkl2)
 
 
 @_register
@@ -674,7 +517,7 @@ class BandProfiles(layers.Layer):
         q = ops.cast(quaternion, "float32")
         v = ops.reshape(ops.cast(voltage_kv, "float32"), (-1,))
         directions = self.projector.directions if pc is None else gnomonic_directions(pc, self.geometry)
-        x, y, z = _rotate_components(directions, quaternion_to_matrix(q))
+        x, y, z = rotate_components(directions, quaternion_to_matrix(q))
         h, w = self.geometry.shape
         if self.render == "detector":
             normals = ops.convert_to_tensor(self._normals)  # (P, 3): |n . g| per pixel and plane, all planes
@@ -685,8 +528,8 @@ class BandProfiles(layers.Layer):
         unique, which = tf.unique(v)  # one band texture per distinct voltage of the batch
         table = self.sector_tables(unique)  # (M*M, U)
         x, y, z = fold_directions(x, y, z, "m-3m")
-        row, col = _lambert_pixels(x, y, z, self.npx)
-        out = _bilinear(table, self.side, row - float(self.npx), col - float(self.npx), True)  # (B, N, U)
+        row, col = lambert_pixels(x, y, z, self.npx)
+        out = bilinear_from_table(table, self.side, row - float(self.npx), col - float(self.npx), True)  # (B, N, U)
         pick = ops.one_hot(which, ops.shape(unique)[0])[:, None, :]  # (B, 1, U)
         return ops.reshape(ops.sum(out * pick, axis=-1), (-1, h, w))
 
@@ -742,7 +585,7 @@ def _probability_logits(p):
     return ops.log(p + PROB_EPS) - ops.log(1.0 - p + PROB_EPS)
 
 
-def _minmax_unit(raw):
+def minmax_unit(raw):
     """Per-pattern linear rescale of (B, H, W) to [0, 1] (a constant pattern becomes 0), as the dataset does."""
     lo = ops.min(raw, axis=(1, 2), keepdims=True)
     hi = ops.max(raw, axis=(1, 2), keepdims=True)
@@ -877,7 +720,7 @@ class PhysicsDecoder(BaseDecoder):
         With ``differentiable=False`` the CLAHE path computes only the exact forward value (faster; no gradient).
         """
         cfg = self.model_config
-        unit = _minmax_unit(raw)
+        unit = minmax_unit(raw)
         if self.contrast == "rescale":
             return unit[..., None]
         out = clahe_tf(
@@ -946,246 +789,3 @@ class PhysicsDecoder(BaseDecoder):
 
 
 register_decoder("physics", PhysicsDecoder)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Master-pattern export and comparison
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _physics_layer(decoder) -> MasterPatternTexture:
-    layer = getattr(decoder, "master_pattern", None)
-    if not isinstance(layer, MasterPatternTexture):
-        decoder = getattr(decoder, "decoder", None)  # a CVAEGAN
-        layer = getattr(decoder, "master_pattern", None)
-    if not isinstance(layer, MasterPatternTexture):
-        raise TypeError("expected a PhysicsDecoder (or a CVAEGAN whose decoder is one)")
-    return layer
-
-
-def master_pattern_hemispheres(decoder, energy_kv=None):
-    """The decoder's learned master pattern as full hemispheres.
-
-    Parameters
-    ----------
-    decoder
-        :class:`PhysicsDecoder` or a CVAEGAN holding one.
-    energy_kv
-        For voltage models: one voltage (kV, interpolated between knots) or None for every knot. Ignored for
-        single-voltage models.
-
-    Returns
-    -------
-    north, south, energies
-        float32 (n_energies, S, S) hemispheres and (n_energies,) energies in kV (for a single-voltage model
-        ``energy_kv`` or 20 kV, the preset data's voltage, only as a label).
-    """
-    layer = _physics_layer(decoder)
-    north, south = layer.hemispheres()
-    bands = getattr(decoder if hasattr(decoder, "master_pattern") else decoder.decoder, "bands", None)
-    if bands is not None:
-        return _band_hemispheres(decoder, bands, north, south, energy_kv)
-    if layer.channels == 1:
-        return north, south, np.array([20.0 if energy_kv is None else float(energy_kv)], dtype=np.float32)
-    knots = np.asarray(_config_of(decoder).physics_voltage_knots_kv, dtype=np.float32)
-    if energy_kv is None:
-        return north, south, knots
-    w = np.asarray(ops.convert_to_numpy(voltage_weights(np.array([energy_kv], np.float32), knots)))[0]
-    mix = lambda t: np.tensordot(w, t, axes=1)[None].astype(np.float32)  # noqa: E731
-    return mix(north), mix(south), np.array([float(energy_kv)], dtype=np.float32)
-
-
-def _band_hemispheres(decoder, bands, north, south, energy_kv):
-    """Hemispheres of a "bands" voltage model: the band profiles on the Lambert grid (+ the texture)."""
-    cfg = _config_of(decoder if hasattr(decoder, "master_pattern") else decoder.decoder)
-    energies = np.asarray(cfg.physics_voltage_knots_kv if energy_kv is None else [float(energy_kv)], dtype=np.float32)
-    layer = _physics_layer(decoder)
-    v = lambert_grid_directions(layer.npx)
-    side = v.shape[0]
-    flat = v.reshape(-1, 3)
-    south_dirs = flat * np.array([1.0, 1.0, -1.0])
-    use_tex = bool(cfg.physics_band_texture)
-    outs_n, outs_s = [], []
-    for e in energies:
-        outs_n.append(bands.on_directions(flat, float(e)).reshape(side, side) + (north[0] if use_tex else 0.0))
-        outs_s.append(bands.on_directions(south_dirs, float(e)).reshape(side, side) + (south[0] if use_tex else 0.0))
-    return np.stack(outs_n).astype(np.float32), np.stack(outs_s).astype(np.float32), energies
-
-
-def _config_of(decoder):
-    return decoder.model_config
-
-
-def export_master_pattern(decoder, path, energy_kv=None, crystal=None, overwrite: bool = True) -> None:
-    """Write the learned master pattern as an EMsoft EMEBSDmaster-style HDF5 file, atomically.
-
-    Layout: ``EMData/EBSDmaster/mLPNH`` and ``mLPSH`` (1, n_energies, S, S) float32 (texture units: the scale and
-    offset are arbitrary because the contrast step rescales every pattern), ``EkeVs`` (n_energies,) keV,
-    ``numEbins``, ``numset``; ``NMLparameters/EBSDMasterNameList/npx``; ``NMLparameters/MCCLNameList`` ``EkeV``,
-    ``sig`` (sample tilt, degrees), ``omega``; ``EMheader/EBSDmaster/ProgramName`` = "EMEBSDmaster.f90";
-    ``CrystalData`` (Ni by default); and the decoder's config as JSON in the ``ebsd_keras`` group's ``metadata``.
-    It opens with :func:`ebsd_keras.io.emsoft.read_master_pattern` (and kikuchipy's EMsoft master-pattern reader).
-
-    Parameters
-    ----------
-    decoder
-        :class:`PhysicsDecoder` (or a CVAEGAN holding one).
-    path
-        Output ``.h5`` file.
-    energy_kv
-        See :func:`master_pattern_hemispheres`.
-    crystal
-        CrystalData dict as :data:`ebsd_keras.io.emsoft.NICKEL_CRYSTAL` (the default) or
-        ``MasterPatternFile.crystal``.
-    overwrite
-        Replace an existing file.
-    """
-    import h5py
-
-    from ebsd_keras import __version__
-    from ebsd_keras.io.emsoft import NICKEL_CRYSTAL
-
-    decoder = decoder if hasattr(decoder, "master_pattern") else decoder.decoder
-    cfg = _config_of(decoder)
-    north, south, energies = master_pattern_hemispheres(decoder, energy_kv)
-    crystal = dict(NICKEL_CRYSTAL if crystal is None else crystal)
-    npx = (north.shape[-1] - 1) // 2
-
-    def string(group, name, value):
-        group.create_dataset(name, data=np.array([value.encode()], dtype=f"S{max(len(value), 1)}"))
-
-    def number(group, name, value, dtype):
-        group.create_dataset(name, data=np.array([value], dtype=dtype))
-
-    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-        master = f.create_group("EMData/EBSDmaster")
-        master.create_dataset("mLPNH", data=north[None], compression="gzip")
-        master.create_dataset("mLPSH", data=south[None], compression="gzip")
-        master.create_dataset("EkeVs", data=energies.astype(np.float32))
-        number(master, "numEbins", len(energies), np.int32)
-        number(master, "numset", 1, np.int32)
-        string(master, "xtalname", "Ni.xtal")
-        nml = f.create_group("NMLparameters/EBSDMasterNameList")
-        number(nml, "npx", npx, np.int32)
-        number(nml, "Esel", -1, np.int32)
-        mc = f.create_group("NMLparameters/MCCLNameList")
-        number(mc, "EkeV", float(energies.max()), np.float64)
-        number(mc, "Ehistmin", float(energies.min()), np.float64)
-        number(mc, "Ebinsize", float(np.diff(energies).min()) if len(energies) > 1 else 1.0, np.float64)
-        number(mc, "sig", float(cfg.physics_sample_tilt_deg), np.float64)
-        number(mc, "omega", 0.0, np.float64)
-        string(mc, "MCmode", "full")
-        header = f.create_group("EMheader/EBSDmaster")
-        string(header, "ProgramName", "EMEBSDmaster.f90")
-        string(header, "Version", f"ebsd_keras {__version__} (learned)")
-        cd = f.create_group("CrystalData")
-        atom_types = np.asarray(crystal.get("atom_types", NICKEL_CRYSTAL["atom_types"]), dtype=np.int32).reshape(-1)
-        atom_data = np.asarray(crystal.get("atom_data", NICKEL_CRYSTAL["atom_data"]), np.float32).reshape(5, -1)
-        cd.create_dataset("LatticeParameters", data=np.asarray(crystal["lattice_parameters"], dtype=np.float64))
-        number(cd, "SpaceGroupNumber", int(crystal["space_group"]), np.int32)
-        number(cd, "SpaceGroupSetting", int(crystal.get("space_group_setting", 1)), np.int32)
-        number(cd, "CrystalSystem", 1 if 195 <= int(crystal["space_group"]) <= 230 else 0, np.int32)
-        number(cd, "Natomtypes", atom_types.size, np.int32)
-        cd.create_dataset("Atomtypes", data=atom_types)
-        cd.create_dataset("AtomData", data=atom_data)
-        own = f.create_group("ebsd_keras")
-        own.attrs["metadata"] = json.dumps(
-            {
-                "source": {"kind": "learned", "model": "PhysicsDecoder", "texture_units": "arbitrary (affine)"},
-                "model_config": cfg.to_dict(),
-            }
-        )
-
-
-def texture_ncc(decoder, master_pattern_path, energy_kv: float | None = None, rank: bool = False) -> float:
-    """Normalised cross-correlation between the decoder's learned master pattern and a reference EMsoft file.
-
-    The reference (one energy bin: the one nearest ``energy_kv``, default the highest) is resampled bilinearly to
-    the decoder's npx; both hemispheres of both are compared (all (2 npx + 1)^2 pixels each). NCC ignores the
-    learned texture's arbitrary scale and offset. With ``rank=True`` the NCC of the pixel *ranks* is returned
-    (Spearman's correlation): it also ignores any monotone change of intensity, which CLAHE'd training data cannot
-    pin down (equalisation keeps only the order of the grey levels within a tile, except where the clip limit
-    bites).
-
-    Parameters
-    ----------
-    decoder
-        :class:`PhysicsDecoder` (or a CVAEGAN holding one).
-    master_pattern_path
-        EMsoft EMEBSDmaster HDF5 (e.g. kikuchipy's ``ni_mc_mp_20kv_uint8_gzip_opts9.h5``).
-    energy_kv
-        Energy to compare at (kV); for voltage models also the voltage at which the learned texture is taken.
-
-    Returns
-    -------
-    float
-        NCC in [-1, 1].
-    """
-    from ebsd_keras.io.emsoft import read_master_pattern
-
-    ref = read_master_pattern(master_pattern_path)
-    e = ref.energies_kev
-    k = int(np.argmax(e)) if energy_kv is None else int(np.argmin(np.abs(e - float(energy_kv))))
-    if energy_kv is not None and abs(e[k] - float(energy_kv)) > 0.5:
-        raise EBSDInputError(
-            f"no energy bin near {float(energy_kv):g} kV (bins {e.min():g}-{e.max():g} keV)",
-            master_pattern_path,
-            "EMData/EBSDmaster/EkeVs",
-        )
-    layer = _physics_layer(decoder)
-    dec = decoder if hasattr(decoder, "master_pattern") else decoder.decoder
-    north, south, _ = master_pattern_hemispheres(dec, energy_kv=float(e[k]) if layer.channels > 1 else None)
-    ref_n = resample_lambert(ref.north[k], layer.npx)
-    ref_s = resample_lambert(ref.south[k], layer.npx)
-    a = np.concatenate([north[0].ravel(), south[0].ravel()]).astype(np.float64)
-    b = np.concatenate([ref_n.ravel(), ref_s.ravel()])
-    if rank:
-        from scipy.stats import rankdata
-
-        a, b = rankdata(a), rankdata(b)
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / math.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def with_contrast(model, contrast: str = "clahe", clip_limit: float | None = None, tiles=None):
-    """The same trained physics model with another contrast step (a new model; the weights are copied).
-
-    A master pattern is identifiable from raw pattern intensities up to an affine map, but from CLAHE'd ones only
-    up to a monotone one (equalisation keeps the order of grey levels within a tile): trained on CLAHE'd patterns
-    the learned texture ranks like EMsoft's (rank correlation 0.999) but its plain NCC is ~0.90. Training on raw
-    patterns (``physics_contrast="rescale"``) and then switching the contrast to the dataset's CLAHE gives a model
-    that generates CLAHE'd patterns from a texture that *is* the master pattern.
-
-    Parameters
-    ----------
-    model
-        A :class:`~ebsd_keras.models.cvaegan.CVAEGAN` whose decoder is a :class:`PhysicsDecoder`.
-    contrast
-        One of :data:`~ebsd_keras.models.presets.PHYSICS_CONTRASTS` without weights of its own ("clahe" or
-        "rescale"; "learned" adds a head that would start untrained).
-    clip_limit, tiles
-        CLAHE clip limit and (rows, columns) of tiles (default: the model's own ``physics_clahe_*``).
-
-    Returns
-    -------
-    CVAEGAN
-        Uncompiled, with every weight of ``model`` (encoder, decoder, critic).
-    """
-    import dataclasses
-
-    from ebsd_keras.models.cvaegan import CVAEGAN
-
-    cfg = model.model_config
-    if cfg.decoder != "physics":
-        raise ValueError(f"with_contrast needs a physics-decoder model, got decoder {cfg.decoder!r}")
-    if contrast == "learned" or cfg.physics_contrast == "learned":
-        raise ValueError("with_contrast switches between 'clahe' and 'rescale' (the 'learned' head has weights)")
-    changes = {"physics_contrast": contrast}
-    if clip_limit is not None:
-        changes["physics_clahe_clip_limit"] = float(clip_limit)
-    if tiles is not None:
-        changes["physics_clahe_tiles"] = tuple(int(t) for t in tiles)
-    new = CVAEGAN(config=dataclasses.replace(cfg, **changes), seed=model.seed)
-    for old_part, new_part in ((model.encoder, new.encoder), (model.decoder, new.decoder), (model.critic, new.critic)):
-        new_part.set_weights(old_part.get_weights())
-    return new

@@ -14,7 +14,7 @@ from ebsd_keras.evaluation.voltage import (
     save_voltage_figures,
     wrong_voltage_table,
 )
-from ebsd_keras.models.physics import bragg_angle_rad
+from ebsd_keras.simulations.physics import bragg_angle_rad
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def _ideal_bands(q, kv, families, blur_deg=0.0):
     from scipy.special import erfc
 
     from ebsd_keras.evaluation.voltage import _geometry
-    from ebsd_keras.models.physics import cubic_plane_normals
+    from ebsd_keras.simulations.physics import cubic_plane_normals
     from ebsd_keras.simulations.geometry import direction_cosines
     from ebsd_keras.simulations.projection import quaternion_to_matrix
 

@@ -16,23 +16,13 @@ from ebsd_keras.data.preprocess import clahe
 from ebsd_keras.data.simulate import embedded_master_pattern_path, rescale_per_pattern
 from ebsd_keras.io.emsoft import read_master_pattern
 from ebsd_keras.losses import bce_from_logits
+from ebsd_keras.models.cvaegan import CVAEGAN  # also registers every decoder kind, "physics" included
 from ebsd_keras.models.decoders import DECODERS, build_decoder
-from ebsd_keras.models.physics import (
-    MasterPatternTexture,
-    PhysicsDecoder,
-    bragg_angle_rad,
-    cubic_plane_normals,
-    electron_wavelength_angstrom,
-    export_master_pattern,
-    fold_directions,
-    lambert_grid_directions,
-    master_pattern_hemispheres,
-    sector_side,
-    texture_ncc,
-    voltage_weights,
-)
+from ebsd_keras.models.physics import MasterPatternTexture, PhysicsDecoder, sector_side, voltage_weights
 from ebsd_keras.models.presets import ModelConfig, count_parameters, get_preset
-from ebsd_keras.simulations.projection import lambert_coordinates
+from ebsd_keras.models.tools import export_master_pattern, master_pattern_hemispheres, texture_ncc, with_contrast
+from ebsd_keras.simulations.physics import bragg_angle_rad, cubic_plane_normals, electron_wavelength_angstrom
+from ebsd_keras.simulations.projection import fold_directions, lambert_coordinates, lambert_grid_directions
 
 N = 24
 PC = (0.5, 0.5, 0.6)
@@ -294,8 +284,6 @@ def test_gradients_reach_quaternion_and_pattern_centre_for_refinement(emsoft, re
 
 
 def test_cvaegan_with_the_physics_decoder_fits_in_phase_cvae():
-    from ebsd_keras.models.cvaegan import CVAEGAN
-
     cfg = _physics(physics_npx=40)
     rng = np.random.default_rng(0)
     q = rng.normal(size=(8, 4)).astype(np.float32)
@@ -485,9 +473,6 @@ def test_with_contrast_switches_raw_training_to_clahe_output_with_the_same_weigh
     with EMsoft's texture in place, the switched model reproduces the dataset's CLAHE'd projection."""
     from ebsd_keras.data.preprocess import clahe
     from ebsd_keras.data.simulate import rescale_per_pattern
-    from ebsd_keras.models.cvaegan import CVAEGAN
-    from ebsd_keras.models.physics import with_contrast
-
     cfg = _physics(physics_npx=100, physics_contrast="rescale", physics_residual=(0, 0))
     raw_model = CVAEGAN(config=cfg, seed=0)
     raw_model.decoder.master_pattern.set_master_pattern(emsoft.north[0])
