@@ -21,10 +21,10 @@ finite gradient at 0 degrees, invariant to q -> -q and accepting non-normalised 
 
 from __future__ import annotations
 
-import numpy as np
-
-from functools import lru_cache
+from functools import cache
 from typing import Literal, get_args
+
+import numpy as np
 
 from ebsd_keras.checks import check_finite
 from ebsd_keras.errors import EBSDInputError
@@ -156,7 +156,7 @@ def _close_group(generators) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _operators(group: str) -> np.ndarray:
     if group == "m-3m":
         ops_ = CUBIC_SYMMETRY.copy()
@@ -205,7 +205,6 @@ def symmetry_matrices(symmetry: str = "m-3m", inversion: bool = True) -> np.ndar
         axis=-2,
     )
     return np.concatenate([rot, -rot]) if inversion else rot
-
 
 
 def _as_rows(x, width: int, name: str) -> np.ndarray:
@@ -419,7 +418,7 @@ def _left_multiplication_matrices(ops_: np.ndarray = CUBIC_SYMMETRY) -> np.ndarr
 _LEFT_SYMMETRY = _left_multiplication_matrices()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _left_symmetry(group: str) -> np.ndarray:
     return _LEFT_SYMMETRY if group == "m-3m" else _left_multiplication_matrices(_operators(group))
 

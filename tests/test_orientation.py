@@ -12,19 +12,19 @@ from ebsd_keras.orientation import (
     CUBIC_SYMMETRY,
     LAUE_GROUPS,
     POINT_GROUP_TO_LAUE,
-    fold_to_fundamental_sector,
-    laue_group,
-    symmetry_matrices,
-    symmetry_operators,
     check_euler_radians,
     disorientation,
     disorientation_angle,
     disorientation_loss,
     euler_to_quaternion,
+    fold_to_fundamental_sector,
+    laue_group,
     quaternion_conjugate,
     quaternion_multiply,
     quaternion_to_euler,
     reduce_to_fundamental_zone,
+    symmetry_matrices,
+    symmetry_operators,
 )
 
 

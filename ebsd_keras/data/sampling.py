@@ -1,8 +1,14 @@
-"""Orientation sampling of the cubic (m-3m) fundamental zone for training, validation and test sets.
+"""Orientation sampling of a Laue group's fundamental zone (default cubic m-3m) for training, validation and test sets.
+
+Every function takes ``symmetry=``: one of the 11 Laue groups (or any point group, reduced to its Laue group by
+:func:`ebsd_keras.orientation.laue_group`), default "m-3m"; the zone is that of the group's proper rotations (orix's
+``laue_proper_subgroup``), the same zone as :func:`ebsd_keras.orientation.reduce_to_fundamental_zone`.
 
 - :func:`cubochoric_fundamental_zone`: EMsoft's cubochoric grid (``EMsampleRFZ``), through orix. ``semi_edge_steps``
   N is the number of grid steps along the semi-edge (0.5 * pi^(2/3)) of the cubochoric cube; EMsoft's N = 100 gives
-  333,227 orientations in the m-3m fundamental zone, about 1.4 degrees apart on average.
+  333,227 orientations in the m-3m fundamental zone, about 1.4 degrees apart on average. The grid has about
+  8 N^3 / K orientations for a Laue group of K proper rotations (:func:`grid_size_estimate`): the same spacing, a
+  zone K times smaller.
 - :func:`split_densities`: distinct, pairwise co-prime grid densities for the three splits, so that the grids do not
   coincide (the only grid point shared by co-prime densities inside the zone is the identity).
 - :func:`remove_shared`: drops orientations symmetrically equivalent to any orientation of another split; this removes
@@ -22,10 +28,12 @@ from typing import NamedTuple
 import numpy as np
 
 from ebsd_keras.errors import EBSDInputError
-from ebsd_keras.orientation import CUBIC_SYMMETRY, quaternion_multiply
+from ebsd_keras.orientation import laue_group, quaternion_multiply, symmetry_operators
 
 __all__ = [
     "SplitDensities",
+    "orix_laue_group",
+    "grid_size_estimate",
     "cubochoric_fundamental_zone",
     "split_densities",
     "remove_shared",
@@ -33,8 +41,29 @@ __all__ = [
     "subsample",
 ]
 
-#: Point group whose fundamental zone is sampled (Ni and every other m-3m crystal).
+#: Default point group whose fundamental zone is sampled (Ni and every other m-3m crystal).
 POINT_GROUP = "m-3m"
+
+#: orix's Laue-group objects by name (public attributes of ``orix.quaternion.symmetry``).
+_ORIX_LAUE_NAMES = {
+    "-1": "Ci", "2/m": "C2h", "mmm": "D2h", "4/m": "C4h", "4/mmm": "D4h", "-3": "S6", "-3m": "D3d",
+    "6/m": "C6h", "6/mmm": "D6h", "m-3": "Th", "m-3m": "Oh",
+}  # fmt: skip
+
+
+def orix_laue_group(symmetry: str = POINT_GROUP):
+    """orix ``Symmetry`` of the Laue group of ``symmetry`` (a Laue or point group name), e.g. "6/mmm" -> ``D6h``."""
+    from orix.quaternion import symmetry as orix_symmetry
+
+    return getattr(orix_symmetry, _ORIX_LAUE_NAMES[laue_group(symmetry)])
+
+
+def grid_size_estimate(semi_edge_steps: int, symmetry: str = POINT_GROUP) -> float:
+    """About how many orientations :func:`cubochoric_fundamental_zone` returns: 8 N^3 / K (K proper rotations).
+
+    Within ~10 % for N >= 8 (m-3m, N = 100: 333,333 estimated, 333,227 exact).
+    """
+    return 8.0 * float(semi_edge_steps) ** 3 / len(symmetry_operators(symmetry))
 
 
 class SplitDensities(NamedTuple):
@@ -58,26 +87,29 @@ def _positive_scalar(q: np.ndarray) -> np.ndarray:
     return np.where(q[:, :1] < 0, -q, q)
 
 
-def cubochoric_fundamental_zone(semi_edge_steps: int) -> np.ndarray:
-    """Cubochoric grid of orientations inside the cubic m-3m fundamental zone (EMsoft ``EMsampleRFZ``).
+def cubochoric_fundamental_zone(semi_edge_steps: int, symmetry: str = POINT_GROUP) -> np.ndarray:
+    """Cubochoric grid of orientations inside a Laue group's fundamental zone (EMsoft ``EMsampleRFZ``).
 
     Parameters
     ----------
     semi_edge_steps
-        Grid steps N along the semi-edge of the cubochoric cube. EMsoft's N = 100 gives 333,227 orientations (average
-        nearest-neighbour disorientation about 1.4 degrees); the count grows as N**3. N = 100 takes ~15 s and ~1.7 GB
-        of memory here (orix builds the whole (2N)**3 grid before reducing it).
+        Grid steps N along the semi-edge of the cubochoric cube. EMsoft's N = 100 gives 333,227 m-3m orientations
+        (average nearest-neighbour disorientation about 1.4 degrees); the count grows as N**3 (about 8 N^3 / K for K
+        proper rotations). N = 100 takes ~15 s and ~1.7 GB of memory here (orix builds the whole (2N)**3 grid before
+        reducing it).
+    symmetry
+        Laue group (or point group), default "m-3m".
 
     Returns
     -------
     numpy.ndarray
         (M, 4) float64 unit quaternions, q0 >= 0, in orix's deterministic order.
     """
-    from orix.quaternion import symmetry
     from orix.sampling import get_sample_fundamental
 
     n = _check_steps(semi_edge_steps)
-    rot = get_sample_fundamental(point_group=symmetry.Oh, method="cubochoric", semi_edge_steps=n)
+    proper = orix_laue_group(symmetry).laue_proper_subgroup
+    rot = get_sample_fundamental(point_group=proper, method="cubochoric", semi_edge_steps=n)
     return _positive_scalar(rot.data.reshape(-1, 4))
 
 
@@ -115,8 +147,10 @@ def split_densities(n_train: int, fraction: float = 0.5) -> SplitDensities:
     return SplitDensities(n, val, test)
 
 
-def remove_shared(q: np.ndarray, reference: np.ndarray, tol_deg: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
-    """Drop orientations that are symmetrically equivalent (cubic 432) to any orientation in ``reference``.
+def remove_shared(
+    q: np.ndarray, reference: np.ndarray, tol_deg: float = 1e-4, symmetry: str = POINT_GROUP
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop orientations symmetrically equivalent (Laue group ``symmetry``) to any orientation in ``reference``.
 
     Parameters
     ----------
@@ -126,6 +160,8 @@ def remove_shared(q: np.ndarray, reference: np.ndarray, tol_deg: float = 1e-4) -
         (M, 4) quaternions of another split (e.g. the training set).
     tol_deg
         Disorientation below which two orientations count as the same, in degrees.
+    symmetry
+        Laue group (or point group), default "m-3m".
 
     Returns
     -------
@@ -140,18 +176,18 @@ def remove_shared(q: np.ndarray, reference: np.ndarray, tol_deg: float = 1e-4) -
     reference = np.asarray(reference, dtype=np.float64).reshape(-1, 4)
     if len(q) == 0 or len(reference) == 0:
         return q, np.zeros(0, dtype=np.int64)
-    # q and -q are the same rotation: index both signs, query all 24 left-equivalents S * q (chord = 2 sin(angle/4)).
+    # q and -q are the same rotation: index both signs, query all K left-equivalents S * q (chord = 2 sin(angle/4)).
     tree = cKDTree(np.concatenate([reference, -reference]))
     chord = 2.0 * math.sin(math.radians(tol_deg) / 4.0)
     shared = np.zeros(len(q), dtype=bool)
-    for s in CUBIC_SYMMETRY:
+    for s in symmetry_operators(symmetry):
         dist, _ = tree.query(quaternion_multiply(s[None, :], q), k=1, distance_upper_bound=chord)
         shared |= np.isfinite(dist)
     return q[~shared], np.flatnonzero(shared)
 
 
-def random_orientations(n: int, seed: int = 0) -> np.ndarray:
-    """Uniformly random orientations mapped into the cubic m-3m fundamental zone.
+def random_orientations(n: int, seed: int = 0, symmetry: str = POINT_GROUP) -> np.ndarray:
+    """Uniformly random orientations mapped into a Laue group's fundamental zone (default cubic m-3m).
 
     The sampling is orix's ``Rotation.random`` method (normalised 4-D Gaussian vectors, uniform on SO(3)) driven by a
     private ``numpy.random.default_rng(seed)``, so the result depends only on ``seed`` and not on global random state.
@@ -162,13 +198,15 @@ def random_orientations(n: int, seed: int = 0) -> np.ndarray:
         Number of orientations.
     seed
         Random seed.
+    symmetry
+        Laue group (or point group), default "m-3m".
 
     Returns
     -------
     numpy.ndarray
         (n, 4) float64 unit quaternions, q0 >= 0, inside the fundamental zone.
     """
-    from orix.quaternion import Orientation, symmetry
+    from orix.quaternion import Orientation
 
     n = int(n)
     if n < 0:
@@ -177,7 +215,7 @@ def random_orientations(n: int, seed: int = 0) -> np.ndarray:
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     if n == 0:
         return g
-    reduced = Orientation(g, symmetry=symmetry.Oh).reduce()
+    reduced = Orientation(g, symmetry=orix_laue_group(symmetry)).reduce()
     return _positive_scalar(reduced.data.reshape(-1, 4))
 
 

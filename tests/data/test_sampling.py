@@ -104,3 +104,63 @@ def test_subsample_is_deterministic_ordered_and_bounded():
     assert idx == sorted(idx) and len(set(idx)) == 50
     assert subsample(q, None) is q or np.array_equal(subsample(q, None), q)
     assert len(subsample(q, 10_000)) == len(q)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every Laue group
+# ----------------------------------------------------------------------------------------------------------------
+
+from ebsd_keras.data.sampling import grid_size_estimate, orix_laue_group  # noqa: E402
+from ebsd_keras.orientation import LAUE_GROUPS, reduce_to_fundamental_zone, symmetry_operators  # noqa: E402
+
+
+def _in_fundamental_zone(q, group, eps=1e-9):
+    """No proper rotation S of the group gives S * q a smaller rotation angle (larger |scalar part|)."""
+    equiv = np.abs(quaternion_multiply(symmetry_operators(group)[None], q[:, None])[..., 0])
+    return q[:, 0] >= equiv.max(axis=1) - eps
+
+
+@pytest.mark.parametrize("group", LAUE_GROUPS)
+def test_each_laue_group_split_grids_lie_in_its_zone_at_distinct_densities(group):
+    d = split_densities(8)
+    grids = [cubochoric_fundamental_zone(n, symmetry=group) for n in d]
+    sizes = [len(g) for g in grids]
+    assert sizes[0] > sizes[1] > sizes[2] > 0  # 8 > 5 > 3 steps
+    assert abs(sizes[0] / grid_size_estimate(d.train, group) - 1) < 0.2  # (coarser grids are too coarse to count)
+    for g in grids:
+        assert np.all(g[:, 0] >= 0) and np.all(_in_fundamental_zone(g, group))
+        assert np.all(
+            Orientation(g, symmetry=orix_laue_group(group))
+            < OrientationRegion.from_symmetry(orix_laue_group(group).laue_proper_subgroup)
+        )
+    # the zone shrinks with the group order: the same density holds ~K times fewer orientations than -1's
+    k = len(symmetry_operators(group))
+    assert abs(sizes[0] * k / len(cubochoric_fundamental_zone(8, symmetry="-1")) - 1) < 0.2
+    # disjoint splits for this group's symmetry
+    val, _ = remove_shared(grids[1], grids[0], symmetry=group)
+    test, _ = remove_shared(grids[2], grids[0], symmetry=group)
+    test, _ = remove_shared(test, val, symmetry=group)
+    for a, b in ((grids[0], val), (grids[0], test), (val, test)):
+        oa, ob = (Orientation(x, symmetry=orix_laue_group(group)) for x in (a, b))
+        assert np.rad2deg(oa.angle_with_outer(ob, progressbar=False)).min() > 1e-6
+
+
+@pytest.mark.parametrize("group", ["-1", "2/m", "-3m", "6/mmm", "4/mmm", "m-3"])
+def test_random_orientations_and_remove_shared_for_other_groups(group):
+    a = random_orientations(300, seed=5, symmetry=group)
+    assert np.all(_in_fundamental_zone(a, group))
+    np.testing.assert_allclose(reduce_to_fundamental_zone(a, symmetry=group), a, atol=1e-12)
+    ops_ = symmetry_operators(group)
+    twins = -quaternion_multiply(ops_[-1][None], a[:10])
+    others = random_orientations(5, seed=6, symmetry=group)
+    kept, gone = remove_shared(np.concatenate([others, twins]), a, symmetry=group)
+    np.testing.assert_array_equal(gone, np.arange(5, 15))
+    assert len(kept) == 5
+
+
+def test_hexagonal_zone_is_not_the_cubic_one():
+    q = cubochoric_fundamental_zone(8, symmetry="6/mmm")
+    assert len(q) != len(cubochoric_fundamental_zone(8))
+    assert not np.all(_in_cubic_rodrigues_fz(q))
+    with pytest.raises(EBSDInputError, match="symmetry: unknown point group"):
+        cubochoric_fundamental_zone(8, symmetry="hexagonal")
