@@ -6,11 +6,22 @@ value flow silently into training.
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import numpy as np
 
 from ebsd_keras.errors import EBSDInputError
 
-__all__ = ["VOLTAGE_RANGE_KV", "check_voltage_kv", "check_pattern_shape", "check_finite"]
+__all__ = [
+    "VOLTAGE_RANGE_KV",
+    "check_voltage_kv",
+    "check_pattern_shape",
+    "check_finite",
+    "check_input_file",
+    "check_keras_file",
+    "constant_pattern_count",
+]
 
 #: Accelerating voltages accepted anywhere, in kV. SEM-based EBSD runs at about 5-30 kV; EMsoft master patterns are
 #: computed up to ~40 kV. A value outside this band is a unit error (V instead of kV, or keV mixed up with eV).
@@ -50,3 +61,60 @@ def check_pattern_shape(shape, expected, path=None, field: str | None = "EBSDPat
             path,
             field,
         )
+
+
+def check_input_file(path, field: str | None = None, what: str = "file") -> Path:
+    """An existing local input file: a missing path and a directory each get their own one-line message.
+
+    URLs (``gs://...``) are returned unchecked (they are read through ``tf.io.gfile``).
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    EBSDInputError
+        ``path`` is a directory.
+    """
+    if "://" in str(path):
+        return path
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such {what}" + (f" ({field})" if field else ""))
+    if p.is_dir():
+        raise EBSDInputError(f"is a directory, expected a {what}", p, field)
+    return p
+
+
+def check_keras_file(path, field: str | None = "model") -> Path:
+    """An existing ``.keras`` file that is at least a zip archive (what every Keras 3 model file is).
+
+    Keras itself reports a file that is not a zip as "File not found", which misleads when the file is right there.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    EBSDInputError
+        A directory, or a file that is not a zip archive (empty, truncated, another format).
+    """
+    p = check_input_file(path, field, "model file (.keras)")
+    if "://" in str(p):
+        return p
+    if not zipfile.is_zipfile(p):
+        size = p.stat().st_size
+        raise EBSDInputError(
+            f"not a Keras model file ({'empty' if size == 0 else f'{size} bytes, not a zip archive'}: truncated, or "
+            "another format?)",
+            p,
+            field,
+        )
+    return p
+
+
+def constant_pattern_count(patterns) -> int:
+    """How many patterns (N, H, W) have every pixel equal (e.g. all zero: a detector or simulation failure)."""
+    p = np.asarray(patterns)
+    if p.ndim < 3 or p.shape[0] == 0:
+        return 0
+    flat = p.reshape(p.shape[0], -1)
+    return int(np.count_nonzero(flat.min(axis=1) == flat.max(axis=1)))

@@ -92,9 +92,10 @@ def resolve_inputs(inputs, split: str | None = None) -> list[tuple[str, str]]:
             pairs.extend(found)
             continue
         pairs.append((split or (path.stem if path.stem in SPLIT_FILES else "train"), str(path)))
+    from ebsd_keras.checks import check_input_file
+
     for _, path in pairs:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+        check_input_file(path, "INPUT", "file")  # a directory says so ("no such file" would mislead)
     return pairs
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import shutil
 
 from ebsd_keras.errors import EBSDInputError
 
@@ -161,11 +164,61 @@ def _parse_weights(items) -> dict:
     return out
 
 
+def preflight(config) -> None:
+    """Cheap checks before anything is built or written: the run directory can be written (not a file, parent not a
+    file, writable), the ``init_from`` file is a Keras archive. Orphaned temporaries of killed runs are removed."""
+    from ebsd_keras._atomic import check_writable, clean_stale_temps
+    from ebsd_keras.checks import check_keras_file
+    from ebsd_keras.training import fs
+
+    out = str(config.output_dir)
+    if not fs.is_remote(out):
+        check_writable(out, "rundir", field="-o/--output")
+        for d in (out, os.path.join(out, "backup")):
+            clean_stale_temps(d)
+    if config.init_from:
+        check_keras_file(config.init_from, "--init-from")
+
+
+def _outputs_before(out: str):
+    """What the run directory held before this command (None: it did not exist, or is remote)."""
+    if "://" in out or not os.path.isdir(out):
+        return None
+    return set(os.listdir(out))
+
+
+def _remove_new_outputs(out: str, before) -> None:
+    """After a run failed before its first backup: remove what this command created, so that a refused input
+    leaves neither a run directory nor a config.json. A run with a backup (a resume point) is kept whole."""
+    if "://" in out or not os.path.isdir(out) or os.path.exists(os.path.join(out, "backup", "state.json")):
+        return
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in set(os.listdir(out)) - before:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def run(args) -> int:
+    from ebsd_keras.checks import check_input_file
     from ebsd_keras.training.phases import train
 
+    if args.config:
+        check_input_file(args.config, "--config", "training config file")
     config = config_from_args(args)
-    summary = train(config, verbose=2 if args.quiet else "auto")
+    preflight(config)
+    out = str(config.output_dir)
+    before = _outputs_before(out)
+    try:
+        summary = train(config, verbose=2 if args.quiet else "auto")
+    except BaseException:
+        _remove_new_outputs(out, before)
+        raise
     if not summary.get("chief", True):
         return 0 if summary["status"] == "finished" else 1  # the chief reports (and writes OUT)
     best = summary["best"]

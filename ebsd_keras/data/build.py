@@ -372,7 +372,11 @@ def build_dataset(
     from ebsd_keras.io.emsoft import EMEBSDWriter
     from ebsd_keras.orientation import quaternion_to_euler
 
+    from ebsd_keras._atomic import check_writable
+    from ebsd_keras.checks import constant_pattern_count
+
     t0 = time.perf_counter()
+    check_writable(out_dir, "dir", overwrite, "-o/--output")  # before the (minutes of) projection
     volts = _voltages(energy_kv, voltages)
     plan = resolve_sources(volts, master_pattern, source, allow_mixed=allow_mixed_sources)
     det_kwargs = dict(DEFAULT_DETECTOR)
@@ -446,6 +450,7 @@ def build_dataset(
                         nml_extra={"masterfile": str(first.get("file") or first["kind"])},
                     )
                 )
+            constant = 0  # patterns with every pixel equal: a broken master pattern or detector geometry
             for b, (kv, mp) in enumerate(zip(volts, masters, strict=True)):
                 for split in SPLITS:
                     ts = time.perf_counter()
@@ -453,6 +458,7 @@ def build_dataset(
                     for start, pats in project_patterns(
                         mp, quats[split], det, kv, batch_size=batch_size, progress=progress, desc=f"{split} {kv:g} kV"
                     ):
+                        constant += constant_pattern_count(pats)
                         if clahe is not None:
                             pats = apply_clahe(pats, clahe)
                         n = len(pats)
@@ -461,6 +467,7 @@ def build_dataset(
                         )
                     timing["projection_and_writing_s"][f"{split}@{kv:g}kV"] = round(time.perf_counter() - ts, 3)
         del masters
+        _check_constant(constant, sum(counts.values()), out_dir)
         total = time.perf_counter() - t0
         n_all = sum(counts.values())
         timing.update(
@@ -491,3 +498,16 @@ def build_dataset(
         (tmp / "dataset.json").write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
     logger.info("wrote %s: %s patterns in %.1f s", out_dir, n_all, total)
     return summary
+
+
+def _check_constant(constant: int, n: int, out_dir) -> None:
+    """Refuse a dataset of only constant patterns (nothing to learn); warn when some are constant."""
+    if n and constant == n:
+        raise EBSDInputError(
+            f"all {n} simulated patterns are constant (every pixel equal): check the master pattern and the detector "
+            "geometry (pattern centre, tilts)",
+            out_dir,
+            "EBSDPatterns",
+        )
+    if constant:
+        logger.warning("%d of %d simulated patterns are constant (every pixel equal)", constant, n)

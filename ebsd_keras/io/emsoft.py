@@ -241,9 +241,11 @@ class MasterPatternFile:
 @contextlib.contextmanager
 def _open(path):
     """Open an HDF5 file for reading; corrupt or truncated files become EBSDInputError naming the path."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+    from ebsd_keras.checks import check_input_file
+
+    p = check_input_file(path, None, "file")
+    if p.stat().st_size == 0:
+        raise EBSDInputError("empty file (0 bytes), not HDF5", path)
     try:
         f = h5py.File(p, "r", rdcc_nbytes=_CACHE_BYTES)
     except OSError as exc:
@@ -829,7 +831,9 @@ def read_angle_file(path) -> np.ndarray:
     EBSDInputError
         Unknown type line, bad or wrong count, malformed rows, NaN, non-unit quaternions.
     """
-    lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines()]
+    from ebsd_keras.checks import check_input_file
+
+    lines = [ln.strip() for ln in check_input_file(path, None, "angle file").read_text(errors="replace").splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
         raise EBSDInputError("empty angle file", path, "line 1")

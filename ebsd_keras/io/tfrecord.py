@@ -41,6 +41,7 @@ __all__ = [
     "write_tfrecords",
     "read_metadata",
     "verify_checksums",
+    "verify_shards",
     "shard_paths",
     "feature_spec",
     "parse_batch",
@@ -466,6 +467,11 @@ def write_tfrecords(
 def _check_target(out_dir, overwrite: bool) -> None:
     import tensorflow as tf
 
+    if not _is_remote(out_dir):  # a file in the way, an unwritable parent: fail before reading any input
+        from ebsd_keras._atomic import check_writable
+
+        check_writable(out_dir, "dir", overwrite, "-o/--output")
+
     if not overwrite and tf.io.gfile.exists(str(out_dir)):
         raise FileExistsError(f"{out_dir}: already exists (use --overwrite to replace it)")
 
@@ -543,10 +549,13 @@ def _write_source(writer, encoder, path, info, source_id, shape, preprocess, rea
     """Stream one file into ``writer``; returns (patterns written, {kV: count})."""
     from ebsd_keras.io.emsoft import iter_emebsd
 
+    from ebsd_keras.checks import constant_pattern_count
+
     volts: dict[float, int] = {}
-    n = 0
+    n = constant = 0
     for chunk in iter_emebsd(path, **read):
         patterns = _check_chunk(chunk, shape, path)
+        constant += constant_pattern_count(patterns)  # before CLAHE, which maps a flat pattern to a flat pattern
         if preprocess is not None:
             from ebsd_keras.data.preprocess import clahe
 
@@ -562,7 +571,21 @@ def _write_source(writer, encoder, path, info, source_id, shape, preprocess, rea
         bar.update(patterns.shape[0])
     if n != int(info.n_patterns):
         raise EBSDInputError(f"read {n} patterns but the file declares {info.n_patterns}", path, "EBSDPatterns")
+    _check_constant(constant, n, path)
     return n, volts
+
+
+def _check_constant(constant: int, n: int, path) -> None:
+    """Refuse a file whose patterns are all constant (e.g. all zero); warn when some are."""
+    if n and constant == n:
+        raise EBSDInputError(
+            f"all {n} patterns are constant (every pixel equal, e.g. all zero): nothing to learn from; check the "
+            "simulation or the detector read-out",
+            path,
+            "EBSDPatterns",
+        )
+    if constant:
+        log.warning("%s: %d of %d patterns are constant (every pixel equal, e.g. all zero)", path, constant, n)
 
 
 def _check_chunk(chunk, shape, path) -> np.ndarray:
@@ -689,6 +712,69 @@ def verify_checksums(data_dir) -> int:
     if bad:
         raise EBSDInputError(f"{len(bad)} of {n} shard(s) bad: {', '.join(bad)}", data_dir, "sha256")
     return n
+
+
+def verify_shards(data_dir, splits=None, metadata: dict | None = None) -> int:
+    """Check, before training or evaluating, that every shard of ``splits`` is whole: present, with the SHA-256 and
+    (for metadata without checksums) the record count ``metadata.json`` recorded when it was written.
+
+    A truncated, emptied or bit-flipped shard would otherwise be read silently (fewer records) or fail with a
+    DataLossError after the model is built; a missing one with a NotFoundError.
+
+    Parameters
+    ----------
+    data_dir
+        TFRecord dataset directory (local or URL).
+    splits
+        Split names to check (those absent from the dataset are skipped); None: every split.
+    metadata
+        The dataset's metadata if already read.
+
+    Returns
+    -------
+    int
+        Number of shard files verified.
+
+    Raises
+    ------
+    EBSDInputError
+        Naming the first bad shard file (path) and how many are bad, field ``sha256`` (or ``count``).
+    """
+    import tensorflow as tf
+
+    meta = metadata if metadata is not None else read_metadata(data_dir)
+    names = list(meta["shards"]) if splits is None else [s for s in splits if s in meta["shards"]]
+    bad, n, field = [], 0, "sha256"
+    for split in names:
+        for s in meta["shards"][split]:
+            path = _join(data_dir, s["file"])
+            n += 1
+            if not tf.io.gfile.exists(path):
+                bad.append((path, "missing"))
+            elif s.get("sha256"):
+                if _sha256(path) != s["sha256"]:
+                    bad.append((path, "checksum mismatch: the shard is damaged (truncated or modified)"))
+            else:
+                count = _count_records(path, meta.get("compression"))
+                if count != int(s["count"]):
+                    bad.append((path, f"{count} records, metadata.json says {s['count']}: the shard is damaged"))
+                    field = "count"
+    if bad:
+        path, why = bad[0]
+        more = f" ({len(bad)} of {n} shards bad)" if len(bad) > 1 else ""
+        raise EBSDInputError(
+            f"{why}{more}; re-create the dataset with `ebsd-keras convert`", path, field
+        )
+    return n
+
+
+def _count_records(path: str, compression) -> int | None:
+    import tensorflow as tf
+
+    try:
+        return sum(1 for _ in tf.data.TFRecordDataset(path, compression_type=compression or ""))
+    except tf.errors.OpError:
+        return None
 
 
 def feature_spec() -> dict:

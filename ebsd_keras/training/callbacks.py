@@ -29,6 +29,7 @@ __all__ = [
     "ImageGridCallback",
     "ThroughputMeter",
     "NaNGuard",
+    "DIVERGENCE_FACTOR",
     "HistoryCSV",
     "KillAfterSteps",
     "KILL_ENV_VAR",
@@ -94,22 +95,59 @@ def set_seed_generator_states(model, states: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # backup / resume
 # ----------------------------------------------------------------------------------------------------------------
+#: What to do about a damaged resume point, appended to its one-line error.
+_START_OVER = "rerun with --no-resume to start the run over (the backup is replaced)"
+
+
 def read_backup_state(backup_dir) -> dict | None:
-    """The last complete backup's state (``epoch``, ``weights``, ``seed_generators``, ``best``, ``logs``), or None."""
+    """The last complete backup's state (``epoch``, ``weights``, ``seed_generators``, ``best``, ``logs``), or None.
+
+    Raises
+    ------
+    EBSDInputError
+        ``state.json`` is unreadable (not JSON, or missing keys): a one-line error naming it and the way out
+        (``--no-resume``), instead of a traceback.
+    """
+    from ebsd_keras.errors import EBSDInputError
+
     path = fs.join(backup_dir, STATE_FILE)
     if not fs.exists(path):
         return None
-    state = json.loads(fs.read_text(path))
-    if not fs.exists(fs.join(backup_dir, state["weights"])):
+    try:
+        state = json.loads(fs.read_text(path))
+        if not isinstance(state, dict):
+            raise ValueError(f"a JSON {type(state).__name__}, not an object")
+        missing = [k for k in ("epoch", "weights", "seed_generators") if k not in state]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        int(state["epoch"])
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise EBSDInputError(f"corrupt resume state ({exc}); {_START_OVER}", path, "backup") from None
+    if not fs.exists(fs.join(backup_dir, str(state["weights"]))):
         return None
     return state
 
 
 def restore_backup(model, backup_dir, state: dict) -> None:
-    """Load the backup's weights (model + optimizers) and seed-generator states into a compiled ``model``."""
-    with fs.local_copy(fs.join(backup_dir, state["weights"]), ".weights.h5") as local:
-        model.load_weights(local)
-    set_seed_generator_states(model, state["seed_generators"])
+    """Load the backup's weights (model + optimizers) and seed-generator states into a compiled ``model``.
+
+    Raises
+    ------
+    EBSDInputError
+        A truncated or foreign checkpoint file, or seed-generator states that do not fit the model.
+    """
+    from ebsd_keras.errors import EBSDInputError
+
+    path = fs.join(backup_dir, state["weights"])
+    try:
+        with fs.local_copy(path, ".weights.h5") as local:
+            model.load_weights(local)
+        set_seed_generator_states(model, state["seed_generators"])
+    except Exception as exc:  # noqa: BLE001 - h5py/Keras raise OSError, ValueError, KeyError... for a bad file
+        detail = " ".join(str(exc).split())[:200]
+        raise EBSDInputError(
+            f"cannot restore the resume checkpoint ({type(exc).__name__}: {detail}); {_START_OVER}", path, "backup"
+        ) from None
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -137,8 +175,8 @@ class EpochBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        if not math.isfinite(float(logs.get("loss", 0.0))):
-            return  # never back up NaN weights; the previous backup stays the resume point
+        if not math.isfinite(float(logs.get("loss", 0.0))) or _guard_stopped(self.model):
+            return  # never back up NaN or diverged weights; the previous backup stays the resume point
         if self.final_epoch is not None and epoch >= self.final_epoch:
             return
         fs.makedirs(self.backup_dir)
@@ -189,7 +227,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)) or float(value) >= self.best:
+        if value is None or not math.isfinite(float(value)) or float(value) >= self.best or _guard_stopped(self.model):
             return
         self.best, self.best_epoch = float(value), int(epoch)
         atomic_keras_save(self.model.save, self.filepath, ".keras")
@@ -206,15 +244,71 @@ class HistoryCSV(keras.callbacks.CSVLogger):
         self.writer = None
 
 
+#: Divergence rule (:class:`NaNGuard`): an epoch whose training loss, or a validation loss/gap metric, is finite but
+#: more than this many times its first epoch's magnitude stops the run. Healthy runs of every phase stay within
+#: 1e2x of their first epoch (README training tables); the runaways seen (loss 1e17, val BCE gap 3.5e11) are far
+#: beyond 1e6x.
+DIVERGENCE_FACTOR = 1e6
+#: Metrics watched for divergence, besides "loss": those whose runaway means the decoder has blown up.
+DIVERGENCE_METRICS = ("loss", "val_loss", "val_bce_gap", "bce_gap")
+
+
 class NaNGuard(keras.callbacks.TerminateOnNaN):
-    """``TerminateOnNaN`` that remembers it fired (``triggered``), so the run does not save NaN weights."""
+    """Stop training on NaN/Inf loss (``TerminateOnNaN``) or on divergence, and remember why.
+
+    Divergence: at an epoch end, a watched metric (:data:`DIVERGENCE_METRICS`) that is finite but larger in
+    magnitude than :data:`DIVERGENCE_FACTOR` times its value at the first epoch this process trained (floored at
+    1e-3, so a metric starting near 0 does not trip it). The diverged epoch is neither backed up nor saved as best
+    (:class:`EpochBackup` and :class:`BestCheckpoint` check :attr:`triggered`), so the last good checkpoint stays.
+
+    Attributes
+    ----------
+    triggered
+        True once training was stopped.
+    reason
+        "nan" or "diverged" (None while running).
+    detail
+        A one-line description (metric, value, reference).
+    """
 
     triggered = False
+    reason = None
+    detail = ""
+
+    def __init__(self, factor: float = DIVERGENCE_FACTOR):
+        super().__init__()
+        self.factor = float(factor)
+        self.reference: dict[str, float] = {}
 
     def on_batch_end(self, batch, logs=None):
         super().on_batch_end(batch, logs)
-        if self.model.stop_training:
-            self.triggered = True
+        if self.model.stop_training and not self.triggered:
+            self.triggered, self.reason = True, "nan"
+            self.detail = f"loss became NaN/Inf at batch {batch}"
+            _mark_stopped(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        for name in DIVERGENCE_METRICS:
+            value = logs.get(name)
+            if value is None or not math.isfinite(float(value)):
+                continue
+            value = abs(float(value))
+            ref = self.reference.setdefault(name, max(value, 1e-3))
+            if value > self.factor * ref and not self.triggered:
+                self.triggered, self.reason = True, "diverged"
+                self.detail = f"{name} {value:.3g} at epoch {epoch + 1} is > {self.factor:g}x its first value {ref:.3g}"
+                self.model.stop_training = True
+                _mark_stopped(self.model)
+
+
+def _mark_stopped(model) -> None:
+    # Read by EpochBackup / BestCheckpoint, which run later in the same epoch end.
+    object.__setattr__(model, "_ebsd_keras_guard_stopped", True)
+
+
+def _guard_stopped(model) -> bool:
+    return bool(getattr(model, "_ebsd_keras_guard_stopped", False))
 
 
 class ThroughputMeter(keras.callbacks.Callback):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from contextlib import contextmanager
 
 __all__ = [
@@ -93,9 +92,15 @@ def glob(pattern) -> list[str]:
 
 
 def _tmp_name(target: str, suffix: str = "") -> str:
+    """A temporary name beside ``target`` (:func:`ebsd_keras._atomic.temp_name`: writer pid and host in the name,
+    so the next write of ``target`` removes the orphan of a killed writer); stale ones are removed first."""
+    from ebsd_keras._atomic import clean_stale_temps, temp_name
+
     target = str(target)
     head, tail = (target.rsplit("/", 1) if is_remote(target) else os.path.split(target)) or ("", target)
-    return join(head, f".{tail}.{uuid.uuid4().hex[:8]}.tmp{suffix}") if head else f".{tail}.tmp{suffix}"
+    if not is_remote(target):
+        clean_stale_temps(head or ".", tail)
+    return join(head, temp_name(tail, suffix)) if head else temp_name(tail, suffix)
 
 
 def _replace(tmp: str, target: str) -> None:
