@@ -115,9 +115,10 @@ def train(config: TrainConfig, verbose="auto", callbacks=None, strategy=None) ->
     import tensorflow as tf
 
     from ebsd_keras.data.pipeline import dataset_size
-    from ebsd_keras.io.tfrecord import read_metadata, shard_paths
+    from ebsd_keras.io.tfrecord import read_metadata, shard_paths, verify_shards
 
     meta = read_metadata(config.data_dir)  # fail on a bad dataset before writing or building anything
+    verify_shards(config.data_dir, ("train", "val"), meta)  # damaged/missing shards: one line, nothing written
     config = _with_data_geometry(config, meta)
     check_shards(len(shard_paths(config.data_dir, "train", meta)), role, config.data_dir)
     replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
@@ -191,11 +192,16 @@ def train(config: TrainConfig, verbose="auto", callbacks=None, strategy=None) ->
         keras.mixed_precision.set_global_policy(previous_policy)
 
     epochs_done = initial_epoch + len(history.epoch)
-    status = "terminated_on_nan" if nan_guard.triggered else "finished"
+    status = ("terminated_on_nan" if nan_guard.reason == "nan" else "diverged") if nan_guard.triggered else "finished"
     if status == "finished":
         _save_final(model, out, best, trained_last_epoch=bool(history.epoch) and best.best_epoch == epochs_done - 1)
     else:
-        logger.error("loss became NaN/Inf; model.keras not written, resume point kept in %s", backup_dir)
+        kept = (
+            f"resume point (last good epoch) kept in {backup_dir}"
+            if fs.exists(fs.join(backup_dir, "state.json"))
+            else "no epoch completed before it, so there is no resume point"
+        )
+        logger.error("%s; model.keras not written; %s", nan_guard.detail, kept)
         epochs_done = initial_epoch + max(0, len(history.epoch) - 1)
     summary = {
         "status": status,
@@ -270,7 +276,7 @@ def _save_final(model, out: str, best: BestCheckpoint, trained_last_epoch: bool)
 # ----------------------------------------------------------------------------------------------------------------
 def _prepare_output(cfg: TrainConfig, out: str, backup_dir: str) -> dict | None:
     """The backup state to resume from (None: a fresh start, after removing a previous run's outputs)."""
-    state = read_backup_state(backup_dir)
+    state = read_backup_state(backup_dir) if cfg.resume else None  # --no-resume: even a corrupt backup goes
     if state is not None and cfg.resume:
         if not fs.exists(fs.join(out, "config.json")):
             raise EBSDInputError("backup/ without config.json: not a resumable run; use --no-resume", out, "backup")
