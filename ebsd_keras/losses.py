@@ -77,6 +77,12 @@ def bce_from_logits(x, logits):
     -------
     tensor
         (B,) mean BCE per pixel, nats. Its minimum over logits is :func:`optimal_bce` (not 0: targets are grey).
+
+    Notes
+    -----
+    The *objective* uses this times the pixel count, the BCE summed over a pattern (nats per pattern), the scale of
+    the authors' code on which the KL thresholds and loss weights of :class:`KLSchedule` / :class:`LossWeights`
+    were tuned (``CVAEGAN.compile(bce_reduction="sum")``); the per-pixel mean is what the paper's tables report.
     """
     x = ops.cast(x, "float32")
     logits = ops.cast(logits, "float32")
@@ -264,7 +270,8 @@ class LossWeights:
     kl
         alpha1: multiplies the adaptive coefficient of :class:`KLSchedule` (so 1.0 gives the authors' values).
     reconstruction
-        alpha2 (BCE).
+        alpha2 (BCE, summed over the pixels of a pattern: every weight here is on that per-pattern scale, the
+        authors'; see ``CVAEGAN.compile(bce_reduction=...)``).
     orientation
         alpha3,o (disorientation loss 1 - cos(theta/2) ~ theta^2/8: 1e4 makes 1 degree cost ~0.4, the scale of the
         authors' ``1e4 * (1 - <q, q_hat>)``).

@@ -61,9 +61,23 @@ def test_optimal_bce_is_the_minimum_of_bce():
 
 def test_orientation_terms_are_symmetric_aware():
     q = euler_to_quaternion(np.array([[0.3, 0.5, 0.7]])).astype("float32")
-    q90 = euler_to_quaternion(np.array([[0.3 + np.pi / 2, 0.5, 0.7]])).astype("float32")
+    q90 = euler_to_quaternion(np.array([[0.3, 0.5, 0.7 + np.pi / 2]])).astype("float32")
     assert np_(orientation_loss(q, -q))[0] == pytest.approx(0.0, abs=1e-6)
-    assert np_(orientation_error_deg(q, q90))[0] < 62.8
+    # phi2 + 90 deg is a crystal-side 4-fold rotation about [001]: a symmetry, disorientation 0
+    assert np_(orientation_error_deg(q, q90))[0] == pytest.approx(0.0, abs=1e-2)
+    # 50 deg about [001] from the identity is 40 deg away (the 4-fold equivalent is closer); 120 deg about [111] (the
+    # 3-fold axis) is 0
+    ident = np.array([[1.0, 0, 0, 0]], "float32")
+    r50 = np.array([[np.cos(np.deg2rad(25)), 0, 0, np.sin(np.deg2rad(25))]], "float32")
+    assert np_(orientation_error_deg(ident, r50))[0] == pytest.approx(40.0, abs=1e-2)
+    r111 = np.array([[np.cos(np.deg2rad(60)), *(np.sin(np.deg2rad(60)) / np.sqrt(3),) * 3]], "float32")
+    assert np_(orientation_error_deg(ident, r111))[0] == pytest.approx(0.0, abs=1e-2)
+    # the largest cubic disorientation, 62.8 deg, about <1, 1, sqrt(2) - 1> is reached, not exceeded
+    axis = np.array([1.0, 1.0, np.sqrt(2) - 1])
+    axis /= np.linalg.norm(axis)
+    half = np.deg2rad(62.799) / 2
+    r_max = np.array([[np.cos(half), *(np.sin(half) * axis)]], "float32")
+    assert np_(orientation_error_deg(ident, r_max))[0] == pytest.approx(62.8, abs=0.05)
     tilted = euler_to_quaternion(np.array([[0.3, 0.5 + np.deg2rad(2.0), 0.7]])).astype("float32")
     assert np_(orientation_error_deg(q, tilted))[0] == pytest.approx(2.0, abs=1e-2)
 

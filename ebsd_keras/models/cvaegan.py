@@ -14,6 +14,21 @@ Training follows paper-method.md in three phases, chosen at :meth:`CVAEGAN.compi
     reused for the ``n_critic`` updates, as in the keras-io WGAN-GP example; a larger batch gives the critic more
     real data per step. The critic updates are one ``tf.while_loop``, unrolled under tf.distribute.)
 
+Objective scale (issue 14): the reconstruction term of eqs 13 is the BCE **summed over the pixels** of a pattern
+(``bce_reduction="sum"``, the default) and averaged over the batch, as in the authors' code: their KL thresholds
+(15 / 5 nats), KL coefficients 0.8 x {1.5, 0.1, 0.01}, alpha3,o = 1e4 and alpha4 were tuned against that scale, so
+they keep their meaning here (with a per-pixel mean, KL would weigh H x W = 3,600 times more). ``bce_reduction=
+"mean"`` (per-pixel mean) is kept for models trained before the change. The *reported* metrics ``bce`` and
+``bce_gap`` stay per pixel (the paper's tables); ``bce_weighted`` is the term in the loss, on the objective's scale.
+
+Decoders with a ``subsampling`` property (the neural field, :mod:`ebsd_keras.models.field`) are trained in the
+"cvae" phase on ``decoder.train_pixels`` random pixels per pattern; the summed BCE is then estimated as
+H x W / P times the sum over the P pixels. Validation and every other phase use whole patterns.
+
+Validation (``test_step``) of the CVAE terms decodes at z = mu (the deterministic path, so ``val_bce_gap``, which
+selects ``best.keras``, carries no sampling noise); ``bce_sampled`` / ``bce_gap_sampled`` report the reconstruction
+from a sampled z as well.
+
 Lipschitz constraint: ``lipschitz="clip"`` (the paper's WGAN) clips *every* trainable critic weight to
 ``[-clip_value, clip_value]`` after each critic update; ``lipschitz="gp"`` adds the WGAN-GP penalty instead.
 
@@ -46,18 +61,21 @@ from ebsd_keras.losses import (
     wasserstein_critic_loss,
     wasserstein_generator_loss,
 )
+from ebsd_keras.models import field as _field  # noqa: F401 - registers decoder kind "field" (build, .keras load)
 from ebsd_keras.models import physics as _physics  # noqa: F401 - registers decoder kind "physics" (build, .keras load)
 from ebsd_keras.models.critic import Critic
 from ebsd_keras.models.decoders import build_decoder
 from ebsd_keras.models.encoder import Encoder
 from ebsd_keras.models.presets import ModelConfig, get_preset
 
-__all__ = ["CVAEGAN", "PHASES", "LIPSCHITZ_MODES", "default_optimizer"]
+__all__ = ["CVAEGAN", "PHASES", "LIPSCHITZ_MODES", "BCE_REDUCTIONS", "default_optimizer"]
 
 PHASES = ("cvae", "critic", "gan")
 LIPSCHITZ_MODES = ("clip", "gp")
 
 _CVAE_METRICS = ("kl", "kl_coefficient", "kl_weighted", "bce", "bce_weighted", "bce_gap")
+_SAMPLED_METRICS = ("bce_sampled", "bce_gap_sampled")  # validation only: reconstruction from a sampled z
+BCE_REDUCTIONS = ("sum", "mean")
 _CRITIC_METRICS = (
     "critic_loss",
     "wasserstein",
@@ -143,7 +161,7 @@ class CVAEGAN(keras.Model):
             if part.model_config.to_dict() != config.to_dict():
                 raise ValueError(f"the {part.name}'s ModelConfig differs from the CVAEGAN's config")
         self.noise_seed = keras.random.SeedGenerator(seed, name="training_noise")
-        names = ["loss", *_CVAE_METRICS, *_CRITIC_METRICS, *_GP_METRICS, *_GENERATOR_METRICS]
+        names = ["loss", *_CVAE_METRICS, *_SAMPLED_METRICS, *_CRITIC_METRICS, *_GP_METRICS, *_GENERATOR_METRICS]
         if config.use_voltage:
             names += [*_CRITIC_VOLTAGE_METRICS, *_GENERATOR_VOLTAGE_METRICS]
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
@@ -154,6 +172,9 @@ class CVAEGAN(keras.Model):
         self.lipschitz = "clip"
         self.clip_value = 0.01
         self.n_critic = 5
+        self.bce_reduction = "sum"
+        self.sampled_validation = True
+        self._validating = False
         self.encoder_decoder_optimizer = None
         self.critic_optimizer = None
         self._cvaegan_compile_args = None
@@ -172,6 +193,8 @@ class CVAEGAN(keras.Model):
         clip_value: float = 0.01,
         n_critic: int = 5,
         phase: str = "cvae",
+        bce_reduction: str = "sum",
+        sampled_validation: bool = True,
         jit_compile="auto",
         run_eagerly: bool = False,
         steps_per_execution: int = 1,
@@ -195,6 +218,13 @@ class CVAEGAN(keras.Model):
             Critic updates per generator update in phase "gan".
         phase
             "cvae", "critic" or "gan" (see the module docstring).
+        bce_reduction
+            "sum" (default): the reconstruction term is the BCE summed over a pattern's pixels (nats per pattern),
+            the scale the authors' KL thresholds and loss weights were tuned on; "mean": per pixel (how models
+            before issue 14 were trained; a compile config without this entry means "mean").
+        sampled_validation
+            Also validate the reconstruction from a sampled z (``bce_sampled``, ``bce_gap_sampled``); it doubles the
+            decoder's validation cost (False for slow decoders such as the neural field).
         jit_compile, run_eagerly, steps_per_execution
             As in ``keras.Model.compile`` ("auto" means no XLA on CPU or under tf.distribute).
         """
@@ -206,6 +236,8 @@ class CVAEGAN(keras.Model):
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
         if float(clip_value) <= 0:
             raise ValueError(f"clip_value must be positive, got {clip_value}")
+        if bce_reduction not in BCE_REDUCTIONS:
+            raise ValueError(f"bce_reduction must be one of {BCE_REDUCTIONS}, got {bce_reduction!r}")
         if isinstance(loss_weights, dict):
             loss_weights = LossWeights.from_dict(loss_weights)
         if isinstance(kl_schedule, dict):
@@ -233,6 +265,8 @@ class CVAEGAN(keras.Model):
         self.clip_value = float(clip_value)
         self.n_critic = int(n_critic)
         self.phase = phase
+        self.bce_reduction = bce_reduction
+        self.sampled_validation = bool(sampled_validation)
         self._cvaegan_compile_args = {
             "jit_compile": jit_compile,
             "run_eagerly": run_eagerly,
@@ -251,11 +285,14 @@ class CVAEGAN(keras.Model):
             "clip_value": self.clip_value,
             "n_critic": self.n_critic,
             "phase": self.phase,
+            "bce_reduction": self.bce_reduction,
+            "sampled_validation": self.sampled_validation,
             **self._cvaegan_compile_args,
         }
 
     def compile_from_config(self, config):
         config = dict(config)
+        config.setdefault("bce_reduction", "mean")  # files saved before the entry existed were trained per pixel
         for key in ("encoder_decoder_optimizer", "critic_optimizer"):
             config[key] = keras.optimizers.deserialize(config[key])
         self.compile(**config)
@@ -277,11 +314,12 @@ class CVAEGAN(keras.Model):
         critic = [*_CRITIC_METRICS, *(_CRITIC_VOLTAGE_METRICS if cfg.use_voltage else ())]
         critic += list(_GP_METRICS) if self.lipschitz == "gp" else []
         generator = [*_GENERATOR_METRICS, *(_GENERATOR_VOLTAGE_METRICS if cfg.use_voltage else ())]
+        cvae = [*_CVAE_METRICS, *(_SAMPLED_METRICS if self._validating and self.sampled_validation else ())]
         if self.phase == "cvae":
-            return ["loss", *_CVAE_METRICS]
+            return ["loss", *cvae]
         if self.phase == "critic":
             return ["loss", *critic]
-        return ["loss", *_CVAE_METRICS, *generator, *critic]
+        return ["loss", *cvae, *generator, *critic]
 
     @property
     def takes_pattern_centre(self) -> bool:
@@ -420,22 +458,46 @@ class CVAEGAN(keras.Model):
     # ------------------------------------------------------------------------------------------------------------
     # loss terms (numbers refer to paper-method.md)
     # ------------------------------------------------------------------------------------------------------------
-    def _cvae_terms(self, x, attrs, training):
+    @property
+    def pixels_per_pattern(self) -> int:
+        """H x W: the factor between the per-pixel BCE and the per-pattern sum (eq 7's scale, module docstring)."""
+        h, w = self.model_config.image_shape
+        return int(h) * int(w)
+
+    def _subsampling(self, training) -> bool:
+        """Whether this CVAE step decodes only a random pixel subset (training, phase "cvae", a field decoder)."""
+        return bool(training) and self.phase == "cvae" and bool(getattr(self.decoder, "subsampling", False))
+
+    def _reconstruction(self, z, x, attrs, training):
+        """(logits, targets) of the reconstruction: whole patterns, or a random pixel subset (B, P) when
+        :meth:`_subsampling` (P distinct pixels per pattern, drawn from the training noise)."""
+        if not self._subsampling(training):
+            return self.decoder({"z": z, **attrs}, training=training), x
+        batch, n = ops.shape(x)[0], self.pixels_per_pattern
+        index = _tf().math.top_k(self._uniform((batch, n)), k=int(self.decoder.train_pixels)).indices
+        targets = _field.subsample_pixels(x, index)
+        return self.decoder.pixel_logits({"z": z, **attrs}, index, targets), targets
+
+    def _bce_scale(self) -> float:
+        return float(self.pixels_per_pattern) if self.bce_reduction == "sum" else 1.0
+
+    def _cvae_terms(self, x, attrs, training, sample=True):
+        """Eqs 6-7. ``sample=False`` decodes z = mu (validation's deterministic path) and adds no noise."""
         w = self.loss_weights
         mu, logvar = self.encoder(self._encoder_inputs(x, attrs), training=training)
-        z = mu + ops.exp(0.5 * logvar) * self._normal(ops.shape(mu))  # reparameterisation
-        logits = self.decoder({"z": z, **attrs}, training=training)
+        z = mu + ops.exp(0.5 * logvar) * self._normal(ops.shape(mu)) if sample else mu  # reparameterisation
+        logits, targets = self._reconstruction(z, x, attrs, training)
         kl = ops.mean(kl_divergence(mu, logvar))  # (6), summed over latent dims, batch mean
         coefficient = w.kl * self.kl_schedule(_global_mean(kl))  # adaptive alpha1, no gradient
-        bce = ops.mean(bce_from_logits(x, logits))  # (7)
+        bce = ops.mean(bce_from_logits(targets, logits))  # (7), per pixel (reported)
         return {
             "logits": logits,
             "kl": kl,
             "kl_coefficient": coefficient,
             "kl_weighted": coefficient * kl,
             "bce": bce,
-            "bce_weighted": w.reconstruction * bce,
-            "bce_gap": bce - ops.stop_gradient(ops.mean(optimal_bce(x))),
+            "bce_weighted": w.reconstruction * self._bce_scale() * bce,  # on the objective's scale
+            "bce_gap": bce - ops.stop_gradient(ops.mean(optimal_bce(targets))),
         }
 
     def _prior_samples(self, attrs, training):
@@ -500,10 +562,10 @@ class CVAEGAN(keras.Model):
         terms["critic_loss"] = total  # (14)
         return terms
 
-    def _generator_terms(self, x, attrs, training):
+    def _generator_terms(self, x, attrs, training, sample=True):
         """Eq 13: alpha1 L1 + alpha2 L2 + alpha3 (attributes of generated patterns) + alpha4,dec L4,dec."""
         w = self.loss_weights
-        terms = self._cvae_terms(x, attrs, training)  # (6), (7)
+        terms = self._cvae_terms(x, attrs, training, sample=sample)  # (6), (7)
         reconstructions = ops.sigmoid(terms["logits"])
         prior = self._prior_samples(attrs, training)
         # The critic judges reconstructions and prior samples in one call; its weights are not updated here.
@@ -596,17 +658,33 @@ class CVAEGAN(keras.Model):
             self._track(self._generator_update(x, attrs))
         return self._results()
 
+    def _sampled_terms(self, x, attrs):
+        """Validation's reconstruction from a sampled z (reported beside the deterministic z = mu terms)."""
+        if not self.sampled_validation:
+            return {}
+        terms = self._cvae_terms(x, attrs, training=False, sample=True)
+        return {"bce_sampled": terms["bce"], "bce_gap_sampled": terms["bce_gap"]}
+
     def test_step(self, data):
+        # a Python flag read while tracing: the validation logs (and only they) carry the sampled metrics too
+        self._validating = True
+        try:
+            return self._test_step(data)
+        finally:
+            self._validating = False
+
+    def _test_step(self, data):
         x, attrs = self._split_batch(data)
         if self.phase == "cvae":
-            terms = self._cvae_terms(x, attrs, training=False)
+            terms = self._cvae_terms(x, attrs, training=False, sample=False)  # z = mu: no sampling noise
             terms["loss"] = terms["kl_weighted"] + terms["bce_weighted"]
-            self._track(terms)
+            self._track({**terms, **self._sampled_terms(x, attrs)})
         elif self.phase == "critic":
             fake = self._prior_samples(attrs, training=False)
             terms = self._critic_terms(x, attrs, fake, training=False)
             self._track({**terms, "loss": terms["critic_loss"]})
         else:
             self._track(self._critic_terms(x, attrs, self._prior_samples(attrs, training=False), training=False))
-            self._track(self._generator_terms(x, attrs, training=False))
+            self._track(self._generator_terms(x, attrs, training=False, sample=False))
+            self._track(self._sampled_terms(x, attrs))
         return self._results()

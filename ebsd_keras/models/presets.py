@@ -21,6 +21,12 @@ Presets
     (npx 200, the 8 symmetries of the Lambert square built in), projected onto the detector by a differentiable
     gnomonic projection, then OpenCV-exact in-graph CLAHE and a latent residual; a small encoder and critic.
     About 43 k decoder parameters.
+``"field"``
+    A learned generator with no master-pattern table (``ebsd_keras.models.field``): each detector pixel's crystal
+    direction for the given orientation and pattern centre, folded by m-3m, Fourier features, then an MLP
+    (3 x 256) whose first layer also sees z (and kV); raw intensity, then the physics decoder's contrast (in-graph
+    CLAHE, or the min-max rescale for raw data). Trains on random pixel subsets (``field_train_pixels``) and
+    generates full patterns. About 200 k decoder parameters.
 
 Spatial plans use ``padding="same"``, so a stride-2 stage maps H to ceil(H / 2); decoder upsampling factors must
 multiply the start size up to the image size exactly (checked when the config is made).
@@ -192,6 +198,12 @@ class ModelConfig:
     physics_band_texture: bool = True
     physics_band_blur: int = 2
     physics_band_render: str = "lambert"
+    # neural-field decoder (decoder="field", ebsd_keras.models.field); it shares the physics_* detector, symmetry
+    # and contrast fields above
+    field_frequencies: int = 128
+    field_frequency_scale: float = 8.0
+    field_hidden: tuple = (256, 256, 256)
+    field_train_pixels: int = 512
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -222,6 +234,10 @@ class ModelConfig:
         need(all(len(b) == 2 and b[1] >= 1 for b in self.decoder_blocks), "decoder_blocks must be (filters, factor>=1)")
         need(len(self.decoder_blocks) > 0 or len(self.decoder_stem) > 0, "the decoder needs at least one stage")
         self._validate_physics(need)
+        need(int(self.field_frequencies) == self.field_frequencies >= 1, "field_frequencies must be an int >= 1")
+        need(float(self.field_frequency_scale) > 0, "field_frequency_scale must be positive")
+        need(len(self.field_hidden) >= 1 and all(int(u) == u >= 1 for u in self.field_hidden), "field_hidden: units")
+        need(int(self.field_train_pixels) == self.field_train_pixels >= 0, "field_train_pixels must be an int >= 0")
         h, w, _ = self.decoder_start
         factor = math.prod(int(b[1]) for b in self.decoder_blocks)
         need(
@@ -355,6 +371,22 @@ PRESETS: dict[str, ModelConfig] = {
         critic_quaternion_dense=(64,),
         critic_voltage_dense=(32,),
     ),
+    "field": ModelConfig(
+        name="field",
+        decoder="field",
+        latent_dim=16,
+        physics_symmetry="m-3m",
+        physics_residual=(0, 0),
+        encoder_stem=(8,),
+        encoder_blocks=((16, 2), (32, 2), (32, 2), (32, 2)),
+        encoder_dense=(64,),
+        critic_stem=(16,),
+        critic_blocks=((32, 2), (64, 2), (64, 2), (64, 2)),
+        critic_dense=(128,),
+        critic_score_dense=(64,),
+        critic_quaternion_dense=(64,),
+        critic_voltage_dense=(32,),
+    ),
 }
 
 DEFAULT_PRESET = "compact"
@@ -435,7 +467,7 @@ def count_parameters(config: ModelConfig | str) -> dict[str, int]:
         (tested on reduced-width variants), so the 1.24 B paper model need not be built to know its size.
     """
     cfg = get_preset(config) if isinstance(config, str) else config
-    if cfg.decoder not in ("cnn", "physics"):
+    if cfg.decoder not in ("cnn", "physics", "field"):
         raise NotImplementedError(
             f"no analytic parameter count for decoder kind {cfg.decoder!r}; build it and use count_params()"
         )
@@ -466,6 +498,8 @@ def count_parameters(config: ModelConfig | str) -> dict[str, int]:
     dec += _conv(k, c, 1, True)  # logits head, always with a bias
     if cfg.decoder == "physics":
         dec = _physics_decoder_parameters(cfg)
+    elif cfg.decoder == "field":
+        dec = _field_decoder_parameters(cfg)
 
     crit, feat = _trunk(cfg, cfg.critic_stem, cfg.critic_blocks, cfg.critic_exit, cfg.critic_pooling)
     shared, nin = _dense_stack(feat, cfg.critic_dense)
@@ -522,3 +556,14 @@ def _physics_decoder_parameters(cfg: ModelConfig) -> int:
     if units and grid:
         total += _dense(cfg.latent_dim, units) + _dense(units, grid * grid)
     return total
+
+
+def _field_decoder_parameters(cfg: ModelConfig) -> int:
+    """Trainable parameters of :class:`ebsd_keras.models.field.FieldDecoder` (mirrors it layer by layer): an MLP on
+    (3 folded direction components + 2 x frequencies Fourier features), the first layer also fed the latent and the
+    normalised voltage; the frequency matrix is fixed (not trainable)."""
+    features = 3 + 2 * int(cfg.field_frequencies)
+    hidden = [int(u) for u in cfg.field_hidden]
+    total = _dense(features, hidden[0]) + cfg.latent_dim * hidden[0] + (hidden[0] if cfg.use_voltage else 0)
+    total += _dense_stack(hidden[0], (*hidden[1:], 1))[0]
+    return total + 3 * int(cfg.field_frequencies)  # the fixed frequency matrix is a (non-trainable) weight too

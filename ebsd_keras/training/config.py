@@ -125,9 +125,18 @@ class TrainConfig:
     kl_schedule
         :class:`~ebsd_keras.losses.KLSchedule` config entries (``base``, ``thresholds``, ``multipliers``, ``mode``);
         empty: the authors' schedule.
+    bce_reduction
+        "sum" (default): the reconstruction term is the BCE summed over each pattern's pixels, the authors' scale,
+        on which the KL thresholds (15 / 5 nats), the KL coefficients 0.8 x {1.5, 0.1, 0.01} and the loss weights
+        (alpha3,o = 1e4, alpha4 = 1) were tuned; "mean": per pixel (runs made before issue 14; config files without
+        this field get "sum").
+    sampled_validation
+        Validate the reconstruction from a sampled z as well (``val_bce_sampled``); ``best.keras`` is chosen on the
+        deterministic path (z = mu) either way. False halves a slow decoder's validation time.
     lipschitz, clip_value, n_critic
         Critic Lipschitz constraint ("clip" or "gp"), clipping bound c, critic updates per generator update (gan).
-        ``lipschitz=None`` (default) resolves to "clip" for the "paper" preset (the paper's WGAN) and "gp" for the
+        ``lipschitz=None`` (default) resolves to "clip" for a "paper"-preset model (a new one, or the ``init_from``
+        model's recorded preset, :meth:`model_preset`) (the paper's WGAN) and "gp" for the
         others: the critic's classifier shares the trunk that clipping constrains, and with clipping the trunk's
         features shrink until the classifier learns little (measured: 46 deg validation disorientation with
         clipping vs 36 deg with GP after the same short critic phase).
@@ -185,6 +194,8 @@ class TrainConfig:
     voltages: list | None = None
     exclude_voltages: list | None = None
     cache: bool = False
+    bce_reduction: str = "sum"
+    sampled_validation: bool = True
     resume: bool = True
     distributed: bool = False
 
@@ -227,6 +238,8 @@ class TrainConfig:
             "mixed_precision",
             f"True, False or one of {MIXED_PRECISION_POLICIES}, got {self.mixed_precision!r}",
         )
+        need(self.bce_reduction in ("sum", "mean"), "bce_reduction", f"'sum' or 'mean', got {self.bce_reduction!r}")
+        need(isinstance(self.sampled_validation, bool), "sampled_validation", "must be true or false")
         need(isinstance(self.distributed, bool), "distributed", f"must be true or false, got {self.distributed!r}")
         need(_is_int(self.image_every_steps) and self.image_every_steps >= 0, "image_every_steps", "must be >= 0")
         f = self.tensorboard_update_freq
@@ -277,10 +290,28 @@ class TrainConfig:
                 d["critic_learning_rate"] if self.critic_learning_rate is None else float(self.critic_learning_rate)
             ),
             loss_weights={k: float(v) for k, v in self.resolved_loss_weights().items()},
-            lipschitz=self.lipschitz or ("clip" if self.preset == "paper" else "gp"),
+            lipschitz=self.lipschitz or ("clip" if self.model_preset() == "paper" else "gp"),
             voltages=None if self.voltages is None else [float(v) for v in self.voltages],
             exclude_voltages=None if self.exclude_voltages is None else [float(v) for v in self.exclude_voltages],
         )
+
+    def model_preset(self) -> str:
+        """The preset of the model this run trains: ``preset`` for a new model, else the name recorded in the
+        ``init_from`` file's model config (read from the ``.keras`` archive's config.json, without TensorFlow), so
+        that defaults tied to the preset (``lipschitz``) follow the model that is actually trained. An unreadable
+        ``init_from`` gives ``preset`` (loading it fails later with a clear error)."""
+        if self.init_from is None:
+            return self.preset
+        import zipfile
+
+        from ebsd_keras.training import fs
+
+        try:
+            with fs.local_copy(str(self.init_from), ".keras") as local, zipfile.ZipFile(local) as archive:
+                saved = json.loads(archive.read("config.json"))
+            return str(saved["config"]["config"]["name"])
+        except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+            return self.preset
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with some fields changed; ``None`` values are ignored (an unset CLI flag keeps the file's value).

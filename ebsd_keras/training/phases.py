@@ -389,7 +389,8 @@ def _with_data_geometry(config: TrainConfig, meta: dict) -> TrainConfig:
     """A new physics-decoder model takes the data's detector and contrast (fields the user set win)."""
     from ebsd_keras.models.presets import get_preset
 
-    if config.init_from is not None or get_preset(config.preset).decoder != "physics":
+    # the neural field ("field") shares the physics decoder's detector and contrast fields
+    if config.init_from is not None or get_preset(config.preset).decoder not in ("physics", "field"):
         return config
     derived = physics_data_overrides(meta, config.data_dir)
     missing = {k: v for k, v in derived.items() if k not in config.model}
@@ -500,6 +501,8 @@ def _compile(model, cfg: TrainConfig) -> None:
         clip_value=cfg.clip_value,
         n_critic=cfg.n_critic,
         phase=cfg.phase,
+        bce_reduction=cfg.bce_reduction,
+        sampled_validation=cfg.sampled_validation,
         jit_compile=cfg.jit_compile,
     )
 

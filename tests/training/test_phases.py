@@ -153,6 +153,35 @@ def test_invalid_values_name_the_field(field, value):
         TrainConfig(data_dir="d", output_dir="o", **{field: value}).validate()
 
 
+def _fake_keras_file(path, preset_name):
+    import zipfile
+
+    config = {"class_name": "CVAEGAN", "config": {"config": {"name": preset_name}}}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+    return str(path)
+
+
+def test_lipschitz_default_follows_the_model_actually_trained(tmp_path):
+    """lipschitz=None: clipping (the paper's WGAN) for a paper-preset model, also when it is continued from a file
+    (init_from), whatever ``preset`` says; the gradient penalty for other models."""
+    paper = _fake_keras_file(tmp_path / "paper.keras", "paper")
+    field = _fake_keras_file(tmp_path / "field.keras", "field")
+    assert TrainConfig(preset="paper").resolved().lipschitz == "clip"
+    assert TrainConfig(preset="physics").resolved().lipschitz == "gp"
+    assert TrainConfig(phase="gan", init_from=paper).resolved().lipschitz == "clip"  # preset left at its default
+    assert TrainConfig(phase="gan", preset="paper", init_from=field).resolved().lipschitz == "gp"
+    assert TrainConfig(phase="gan", init_from=paper, lipschitz="gp").resolved().lipschitz == "gp"  # explicit wins
+    (tmp_path / "broken.keras").write_text("not a zip")
+    assert TrainConfig(preset="paper", init_from=str(tmp_path / "broken.keras")).model_preset() == "paper"
+
+
+def test_objective_scale_is_recorded_and_checked():
+    assert TrainConfig().resolved().bce_reduction == "sum"  # the authors' scale by default
+    with pytest.raises(ValueError, match="'bce_reduction'"):
+        TrainConfig(data_dir="d", output_dir="o", bce_reduction="median").validate()
+
+
 def test_mixed_precision_policy_option():
     assert TrainConfig(mixed_precision=True).mixed_precision_policy == "mixed_float16"
     assert TrainConfig(mixed_precision="mixed_bfloat16").mixed_precision_policy == "mixed_bfloat16"
