@@ -26,6 +26,9 @@ class BaseDecoder(ConfiguredModel):
     Subclasses build their layers, then call ``self._build_now()`` at the end of ``__init__``.
     """
 
+    #: Whether ``call`` takes a per-pattern Bruker pattern centre ``"pc"`` (decoders that project with a detector).
+    accepts_pattern_centre = False
+
     def __init__(self, config=None, seed: int | None = None, **kwargs):
         super().__init__(config, **kwargs)
         self.seed = seed
