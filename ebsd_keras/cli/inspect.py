@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from ebsd_keras.errors import EBSDInputError
+
 DESCRIPTION = """\
 Print a summary of PATH:
   - an EMsoft-layout HDF5 file (EMEBSD output or `ebsd-keras dataset`): number of patterns, pattern size, dtype and
@@ -186,6 +188,10 @@ def run(args) -> int:
     else:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file or directory")
+        if os.path.isdir(path):
+            raise EBSDInputError(
+                "a directory without metadata.json: neither an EMsoft HDF5 file nor a TFRecord dataset directory", path
+            )
         summary = summarise_h5(path)
     if args.json:
         print(json.dumps(summary, indent=2))

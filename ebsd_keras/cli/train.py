@@ -178,6 +178,29 @@ def preflight(config) -> None:
             clean_stale_temps(d)
     if config.init_from:
         check_keras_file(config.init_from, "--init-from")
+    _check_data_fits(config)
+
+
+def _check_data_fits(config) -> None:
+    """What train() would find only after building the model, checked from metadata.json alone: voltage filters
+    that keep patterns, a batch no larger than the training split, a preset whose pattern size is the data's."""
+    from ebsd_keras.data.pipeline import dataset_size
+    from ebsd_keras.io.tfrecord import read_metadata
+    from ebsd_keras.models.presets import get_preset
+    from ebsd_keras.training.phases import _check_shape, _steps_per_epoch
+
+    meta = read_metadata(config.data_dir)
+    n = dataset_size(config.data_dir, "train", voltages=config.voltages, exclude_voltages=config.exclude_voltages)
+    if n == 0:
+        raise EBSDInputError(
+            f"no training patterns left after the voltage filters (the data has {meta['voltages_kv']} kV)",
+            config.data_dir,
+            "--kv/--exclude-kv",
+        )
+    _steps_per_epoch(config, dataset_size)  # batch larger than the split
+    if config.init_from is None:
+        cfg = config.resolved()
+        _check_shape(cfg, meta, tuple(get_preset(cfg.preset, **cfg.model).image_shape))
 
 
 def _outputs_before(out: str):

@@ -64,7 +64,10 @@ def _check_data(space, data_dir) -> None:
     from ebsd_keras.io.tfrecord import read_metadata
     from ebsd_keras.models.presets import get_preset
 
+    from ebsd_keras.io.tfrecord import verify_shards
+
     meta = read_metadata(data_dir)
+    verify_shards(data_dir, ("train", "val"), meta)  # a damaged shard fails here, not in trial 1 after minutes
     if int(meta.get("count", {}).get("val", 0)) < 1:
         raise EBSDInputError("the search needs a non-empty 'val' split (its objective)", data_dir, "val")
     shape = tuple(int(s) for s in meta["pattern_shape"])
@@ -81,10 +84,16 @@ def run(args) -> int:
     from ebsd_keras.errors import EBSDInputError
     from ebsd_keras.tuning.space import load_search_space
 
-    space = load_search_space(args.space)
+    from ebsd_keras._atomic import check_writable
+    from ebsd_keras.checks import check_input_file
+
+    space = load_search_space(check_input_file(args.space, "SPACE", "search-space file"))
     if args.max_trials is not None and args.max_trials < 1:
         raise EBSDInputError(f"must be >= 1, got {args.max_trials}", None, "--max-trials")
+    check_writable(args.output_dir, "rundir", field="-o/--output")  # an existing search directory is resumed
     if not Path(args.data_dir).is_dir():
+        if Path(args.data_dir).exists():
+            raise EBSDInputError("is a file, not a TFRecord dataset directory", args.data_dir, "--data")
         raise FileNotFoundError(f"{args.data_dir}: no such dataset directory (--data)")
     _check_data(space, args.data_dir)
 

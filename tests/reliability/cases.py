@@ -98,6 +98,9 @@ def _output_cases(cmd: str, make_argv, ext: str, kind: str) -> list[Case]:
     name = f"out{ext}"
     out.append(Case(f"{cmd}-out{ext}-parent-is-file", make_argv(f"{{R}}/blocker/{name}"), PARENT_FILE))
     out.append(Case(f"{cmd}-out{ext}-deep-parent-is-file", make_argv(f"{{R}}/blocker/a/b/{name}"), PARENT_FILE))
+    if kind == "rundir":  # a directory that may exist (resume), but not a file
+        out.append(Case(f"{cmd}-out{ext}-is-file", make_argv(f"{{W}}/{name}"), r"is a file", setup=(name,)))
+        return out
     out.append(Case(f"{cmd}-out{ext}-exists", make_argv(f"{{W}}/{name}"), EXISTS, setup=(name,)))
     if kind == "file":
         out.append(Case(f"{cmd}-out{ext}-is-dir", make_argv(f"{{W}}/{name}"), IS_DIR + "|" + EXISTS,
@@ -116,7 +119,7 @@ def cases() -> list[Case]:
         c.append(Case(f"train-{key}", (*T, path, "-o", "{W}/run", *TRAIN_FAST), msg))
     for key, (path, msg) in BAD_MODELS.items():
         c.append(Case(f"train-init-{key}", (*T, "{R}/tfr", "-o", "{W}/run", "--init-from", path, *TRAIN_FAST), msg))
-    c += _output_cases("train", lambda o: (*T, "{R}/tfr", "-o", o, *TRAIN_FAST), "", "file")[:3]
+    c += _output_cases("train", lambda o: (*T, "{R}/tfr", "-o", o, *TRAIN_FAST), "", "rundir")
     c += [
         Case("train-config-missing", ("train", "--config", "{R}/nothere.json", "-o", "{W}/run"), MISSING),
         Case("train-config-not-json", ("train", "--config", "{R}/text.h5", "-o", "{W}/run"), r"(json|config)"),
@@ -135,14 +138,12 @@ def cases() -> list[Case]:
     TU = ("tune", "{R}/space.toml", "--data")
     for key, (path, msg) in BAD_TFR.items():
         c.append(Case(f"tune-{key}", (*TU, path, "-o", "{W}/search", "-q"), msg))
-    c += _output_cases("tune", lambda o: (*TU, "{R}/tfr", "-o", o, "-q"), "", "file")[:2]
+    c += _output_cases("tune", lambda o: (*TU, "{R}/tfr", "-o", o, "-q"), "", "rundir")
     c += [
-        Case("tune-out-is-file", (*TU, "{R}/tfr", "-o", "{W}/search", "-q"), r"(not a directory|is a file|exists)",
-             setup=("search",)),
         Case("tune-space-missing", ("tune", "{R}/nothere.toml", "--data", "{R}/tfr", "-o", "{W}/s"), MISSING),
         Case("tune-space-dir", ("tune", "{R}/adir", "--data", "{R}/tfr", "-o", "{W}/s"), IS_DIR),
         Case("tune-space-garbage", ("tune", "{R}/text.h5", "--data", "{R}/tfr", "-o", "{W}/s"), r"(toml|space)"),
-        Case("tune-space-empty", ("tune", "{R}/empty.txt", "--data", "{R}/tfr", "-o", "{W}/s"), r"(toml|space|search)"),
+        Case("tune-space-empty", ("tune", "{R}/empty.txt", "--data", "{R}/tfr", "-o", "{W}/s"), r"(toml|space|search|hyper)"),
     ]
 
     # ----------------------------------------------------------------------------------------------- convert
@@ -165,6 +166,7 @@ def cases() -> list[Case]:
     # ----------------------------------------------------------------------------------------------- inspect
     for key, (path, msg) in {**BAD_H5, **{k: v for k, v in BAD_TFR.items() if k in (
             "tfr_missing_dir", "tfr_bad_json")}}.items():  # fmt: skip
+        msg = r"(metadata\.json|is a directory)" if key == "h5_dir" else msg
         c.append(Case(f"inspect-{key}", ("inspect", path), msg))
     for key in ("tfr_flipped_byte", "tfr_missing_shard", "tfr_truncated_shard", "tfr_emptied_shard",
                 "tfr_val_flipped"):  # fmt: skip
@@ -194,7 +196,7 @@ def cases() -> list[Case]:
     # ----------------------------------------------------------------------------------------------- export
     for key, (path, msg) in BAD_MODELS.items():
         c.append(Case(f"export-{key}", ("export", path, "-o", "{W}/served"), msg))
-    c += _output_cases("export", lambda o: ("export", "{R}/model.keras", "-o", o), "", "dir")[:3]
+    c += _output_cases("export", lambda o: ("export", "{R}/model.keras", "-o", o), "", "rundir")
     c += [
         Case("export-keras-parent-is-file", ("export", "{R}/model.keras", "-o", "{W}/served", "--contrast", "rescale",
                                              "--keras", "{R}/blocker/m.keras"), PARENT_FILE),  # fmt: skip
@@ -419,7 +421,22 @@ def run_case(case: Case, resources: Path, work: Path):
     }
 
 
+def _worker(resources: str, tmp: str, ids: list[int]) -> None:
+    """Run cases ``ids`` in this process, one JSON line each (the parent survives a crash of this process)."""
+    import json
+
+    table = cases()
+    for i in ids:
+        r = run_case(table[i], Path(resources), Path(tmp) / f"W{i}")
+        print("RESULT " + json.dumps({"i": i, **{k: r[k] for k in ("code", "traceback", "left", "message_ok", "last")}}),
+              flush=True)  # fmt: skip
+
+
 def _main(argv) -> int:
+    """The hostile-user run: every case, grouped by subcommand, each group in a child process (a segfault in a
+    library counts as a crash of that case, the run goes on)."""
+    import json
+    import subprocess
     import tempfile
 
     table = cases()
@@ -428,27 +445,53 @@ def _main(argv) -> int:
         for c in table:
             print(f"| {c.id} | `{' '.join(c.argv)}` | {c.code} | `{c.message}` |")
         return 0
+    if argv and argv[0] == "--worker":
+        _worker(argv[1], argv[2], [int(i) for i in argv[3].split(",")])
+        return 0
+    if argv and argv[0] == "--build":
+        build_resources(argv[1])
+        return 0
     only = [a for a in argv if not a.startswith("-")]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    me = [sys.executable, os.path.abspath(__file__)]
+    counts = dict(cases=0, tracebacks=0, crashes=0, wrong_exit=0, silent_success=0, left_behind=0, bad_message=0)
     with tempfile.TemporaryDirectory(prefix="hostile_") as tmp:
-        resources = build_resources(Path(tmp) / "R")
-        counts = dict(cases=0, tracebacks=0, wrong_exit=0, silent_success=0, left_behind=0, bad_message=0)
+        resources = os.path.join(tmp, "R")
+        subprocess.run([*me, "--build", resources], check=True, env=env)
+        groups: dict[str, list[int]] = {}
         for i, case in enumerate(table):
-            if only and not any(o in case.id for o in only):
-                continue
-            r = run_case(case, resources, Path(tmp) / f"W{i}")
-            counts["cases"] += 1
-            counts["tracebacks"] += r["traceback"]
-            counts["wrong_exit"] += r["code"] != case.code
-            counts["silent_success"] += r["code"] == 0 and case.code != 0
-            counts["left_behind"] += bool(r["left"])
-            counts["bad_message"] += not r["message_ok"]
-            flag = "ok" if (not r["traceback"] and r["code"] == case.code and not r["left"] and r["message_ok"]) else "FAIL"
-            print(f"{flag:4} {case.id:45} exit {r['code']} {'TB ' if r['traceback'] else ''}"
-                  f"{'LEFT ' + str([os.path.relpath(p, tmp) for p in r['left']][:3]) + ' ' if r['left'] else ''}| "
-                  f"{r['last'][:150]}", flush=True)  # fmt: skip
-        print(counts)
+            if not only or any(o in case.id for o in only):
+                groups.setdefault(case.id.split("-")[0], []).append(i)
+        for todo in groups.values():
+            while todo:
+                proc = subprocess.run([*me, "--worker", resources, tmp, ",".join(map(str, todo))], env=env,
+                                      capture_output=True, text=True)  # fmt: skip
+                done = [json.loads(ln[7:]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                for r in done:
+                    _tally(counts, table[r["i"]], r, tmp)
+                todo = todo[len(done) :]
+                if todo and proc.returncode != 0:  # the process died in the next case
+                    case = table[todo[0]]
+                    counts["cases"] += 1
+                    counts["crashes"] += 1
+                    counts["wrong_exit"] += 1
+                    print(f"FAIL {case.id:45} CRASH (exit {proc.returncode}) | {proc.stderr.strip()[-150:]!r}", flush=True)
+                    todo = todo[1:]
+    print(json.dumps(counts))
     return 0
+
+
+def _tally(counts: dict, case: Case, r: dict, tmp: str) -> None:
+    counts["cases"] += 1
+    counts["tracebacks"] += r["traceback"]
+    counts["wrong_exit"] += r["code"] != case.code
+    counts["silent_success"] += r["code"] == 0 and case.code != 0
+    counts["left_behind"] += bool(r["left"])
+    counts["bad_message"] += not r["message_ok"]
+    good = not r["traceback"] and r["code"] == case.code and not r["left"] and r["message_ok"]
+    left = [os.path.relpath(p, tmp) for p in r["left"]][:3]
+    print(f"{'ok' if good else 'FAIL':4} {case.id:45} exit {r['code']} {'TB ' if r['traceback'] else ''}"
+          f"{'LEFT ' + str(left) + ' ' if left else ''}| {r['last'][:160]}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
