@@ -13,8 +13,8 @@ A fenced ``bash`` or ``python`` block may be preceded by one directive (an HTML 
   Serving decodes them and fed to the shipped SavedModel's signature.
 - ``<!-- doc-test: ci-command -->``: must be exactly the test command ``.ci/run`` runs.
 
-Each document runs in its own temporary folder (the shipped models and the small dataset copied in), so commands
-write nothing into the repository. ``ebsd-keras`` commands run in this process (``ebsd_keras.cli.main``; starting
+All documents run in one temporary folder (the shipped models copied in, the small dataset built there), so
+commands write nothing into the repository; a command that already ran there word for word is not run twice. ``ebsd-keras`` commands run in this process (``ebsd_keras.cli.main``; starting
 TensorFlow once instead of once per command keeps the test to a few minutes), must exit 0 and must leave their
 ``-o`` output behind. Outside the blocks, inline ``ebsd-keras``/``python benchmarks`` commands must name existing
 subcommands and flags, ``ebsd_keras.*`` names must import, repository paths must exist and links must resolve.
@@ -49,7 +49,8 @@ FENCE = re.compile(r"^```(\w*)\s*$")
 KINDS = ("run", "small", "fixture", "parse-only", "ci-command")
 REPO_DIRS = ("saved_models/", "benchmarks/", "tuning/", "tests/", "docs/", "ebsd_keras/", ".ci/")
 SHELL = ("printf", "echo", "cat", "ls", "mkdir")  # plain shell commands a block may run as written
-TIMES: list[tuple[str, float]] = []
+TIMES: list[tuple[str, float]] = []  # (where and what, seconds): printed at the end of the session (-s)
+DONE: set = set()  # commands (argv tuples) and python blocks already run in the session's working folder
 
 
 @dataclass
@@ -212,7 +213,7 @@ def saved_model(folder: str):
 def check_parse_only(block: Block) -> None:
     import tensorflow as tf
 
-    from ebsd_keras.export import decode_rest_request
+    from ebsd_keras.serving.export import decode_rest_request
 
     assert block.reason, f"{block.where}: say why the block cannot run here: parse-only (reason)"
     checked = 0
@@ -253,6 +254,9 @@ def check_parse_only(block: Block) -> None:
 
 def run_cli(argv: list[str], where: str) -> None:
     ns = parse_cli(argv, where)
+    if tuple(argv) in DONE:  # the same command earlier in the session, in the same folder: its outputs are here
+        return
+    DONE.add(tuple(argv))
     t0 = time.perf_counter()
     try:
         rc = main(argv)
@@ -288,6 +292,9 @@ def run_bash_block(block: Block, text: str) -> None:
 
 
 def run_python_block(block: Block, text: str) -> None:
+    if text in DONE:
+        return
+    DONE.add(text)
     t0 = time.perf_counter()
     exec(compile(text, block.where, "exec"), {"__name__": "__doc_block__"})  # noqa: S102 - the docs' own code
     TIMES.append((f"{block.where} python block", time.perf_counter() - t0))
@@ -313,11 +320,14 @@ def all_blocks() -> list[Block]:
 
 
 @pytest.fixture(scope="session")
-def doc_base(tmp_path_factory):
-    """The shipped models and tuning files copied once, and the small dataset built by the `fixture` block."""
-    base = tmp_path_factory.mktemp("docs-base")
+def doc_workspace(tmp_path_factory):
+    """One working folder for every document: the shipped models and tuning files copied (nothing a command writes
+    reaches the repository) and the small dataset built by the one `fixture` block. Documents run in order (README
+    first) and a command that already ran here, word for word, is not run again: its outputs are already here."""
+    base = tmp_path_factory.mktemp("docs")
     shutil.copytree(REPO / "saved_models", base / "saved_models")
     shutil.copytree(REPO / "tuning", base / "tuning")
+    (base / "benchmarks").symlink_to(REPO / "benchmarks")
     fixtures = [b for b in all_blocks() if b.kind == "fixture"]
     assert len(fixtures) == 1, "exactly one block builds the documents' small dataset"
     cwd = os.getcwd()
@@ -327,35 +337,22 @@ def doc_base(tmp_path_factory):
     finally:
         os.chdir(cwd)
     assert (base / "data/ni20/test.h5").is_file() and (base / "data/ni20-tfr/metadata.json").is_file()
-    return base
-
-
-@pytest.fixture
-def doc_workdir(doc_base, tmp_path, monkeypatch):
-    for name in ("saved_models", "tuning"):
-        (tmp_path / name).symlink_to(doc_base / name)
-    (tmp_path / "benchmarks").symlink_to(REPO / "benchmarks")
-    shutil.copytree(doc_base / "data", tmp_path / "data")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def pytest_sessionfinish_times() -> str:  # pragma: no cover - reporting only
-    return "\n".join(f"{t:7.1f} s  {what}" for what, t in sorted(TIMES, key=lambda x: -x[1]))
+    yield base
+    print("\ndoc-test wall times:\n" + "\n".join(f"{t:7.1f} s  {w}" for w, t in sorted(TIMES, key=lambda x: -x[1])))
 
 
 # --- tests --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(REPO)) for d in DOCS])
-def test_every_command_of_the_document_runs_or_parses(doc, doc_workdir):
+def test_every_command_of_the_document_runs_or_parses(doc, doc_workspace, monkeypatch):
+    monkeypatch.chdir(doc_workspace)
     blocks = [b for b in parse_blocks(doc) if b.lang in ("bash", "sh", "python")]
     for block in blocks:
-        if block.kind == "fixture":  # built by doc_base; its outputs are in the working folder
-            assert (doc_workdir / "data/ni20/test.h5").is_file()
+        if block.kind == "fixture":  # built by doc_workspace; its outputs are in the working folder
+            assert (doc_workspace / "data/ni20/test.h5").is_file()
             continue
         run_block(block)
-    print("\n" + pytest_sessionfinish_times())
 
 
 def test_readme_is_for_users():
@@ -400,8 +397,9 @@ def test_inline_commands_names_paths_and_links_resolve(doc):
         elif tokens[:1] == ["python"] and len(tokens) > 1 and tokens[1].startswith("benchmarks/"):
             check_script(tokens, where)
     for span in _inline_spans(text):
-        for name in re.findall(r"\b(ebsd_keras(?:\.\w+)+)", span):
-            _resolve(name, where)
+        for name in re.findall(r"(?<![\w/.])(ebsd_keras(?:\.\w+)+)", span):
+            if not re.search(r"\.(json|py|md|keras|h5|toml)$", name):  # file names, not Python names
+                _resolve(name, where)
         first = span.split()[0] if span.split() else ""
         if first.startswith(REPO_DIRS) and " " not in span:
             check_repo_paths([first.rstrip(".,;:")], where)
