@@ -5,8 +5,12 @@ Two master-pattern sources, recorded in every dataset's metadata and never mixed
 - ``"emsoft-dynamical"``: an EMsoft EMEBSDmaster file (square Lambert, both hemispheres) at one of its energies. The
   default is the real EMsoft 5 Ni 20 kV master pattern embedded in the kikuchipy wheel (401 x 401 per hemisphere,
   uint8; no network needed).
-- ``"kinematical"``: kikuchipy's kinematical simulator for Ni (fcc, a = 3.5236 Angstrom) with Bragg angles computed at
-  the requested voltage, for voltages without a dynamical master pattern.
+- ``"kinematical"``: kikuchipy's kinematical simulator with Bragg angles computed at the requested voltage, for
+  voltages without a dynamical master pattern: Ni (fcc, a = 3.5236 Angstrom, the hand-picked families
+  :data:`NICKEL_REFLECTORS`) by default, or any phase (``phase=``: a CIF file, a shipped material name or an orix
+  ``Phase``, see :mod:`ebsd_keras.crystal`) with reflectors chosen from its structure factors.
+
+Every master pattern records its crystal (``phase``: name, space group, point and Laue group, lattice, atoms).
 
 Geometry: Bruker pattern centre (PCx, PCy, PCz) as fractions of the detector width/height, detector tilt and sample
 tilt in degrees, pixel size in um (unbinned). The defaults are those of the fidelity evaluation: 60 x 60 pixels,
@@ -39,6 +43,7 @@ __all__ = [
     "NICKEL_LATTICE_ANGSTROM",
     "NICKEL_REFLECTORS",
     "embedded_master_pattern_path",
+    "master_pattern_laue_group",
     "load_master_pattern",
     "kinematical_master_pattern",
     "KINEMATICAL_HALF_SIZE",
@@ -114,16 +119,29 @@ def master_pattern_source(master_pattern) -> dict:
     return json.loads(raw)
 
 
-def _check_cubic(mp, path) -> None:
-    # The builder samples the m-3m fundamental zone: for any other Laue group that grid is wrong.
-    laue = getattr(getattr(getattr(mp, "phase", None), "point_group", None), "laue", None)
-    name = getattr(laue, "name", None)
-    if name != "m-3m":
-        raise EBSDInputError(
-            f"crystal with Laue group {name!r}: the dataset builder samples the cubic m-3m fundamental zone only",
-            path,
-            "CrystalData/SpaceGroupNumber",
-        )
+def master_pattern_laue_group(mp, path=None) -> str:
+    """Laue group of a kikuchipy master pattern's phase (its point group's), e.g. "m-3m" for the Ni file.
+
+    Raises
+    ------
+    EBSDInputError
+        When the master pattern has no point group (``CrystalData/SpaceGroupNumber`` missing or unknown).
+    """
+    from ebsd_keras.orientation import laue_group
+
+    name = getattr(getattr(getattr(mp, "phase", None), "point_group", None), "name", None)
+    if name is None:
+        raise EBSDInputError("master pattern without a crystal point group", path, "CrystalData/SpaceGroupNumber")
+    return laue_group(name)
+
+
+def _phase_record_or_none(phase):
+    from ebsd_keras.crystal import phase_record
+
+    try:
+        return phase_record(phase)
+    except Exception:  # a file's phase may lack atoms or a space group: the record is then only what is known
+        return None
 
 
 def load_master_pattern(path=None, energy_kv: float = 20.0):
@@ -145,7 +163,7 @@ def load_master_pattern(path=None, energy_kv: float = 20.0):
     Raises
     ------
     EBSDInputError
-        Unreadable or non-master-pattern file, energy not in the file, non-cubic (m-3m) crystal.
+        Unreadable or non-master-pattern file, energy not in the file, a crystal without a point group.
     FileNotFoundError
         When ``path`` does not exist.
     """
@@ -170,7 +188,7 @@ def load_master_pattern(path=None, energy_kv: float = 20.0):
         mp = kp.load(path, projection="lambert", hemisphere="both", energy=energy)
     except (OSError, KeyError, ValueError, IndexError, TypeError) as exc:
         raise EBSDInputError(f"kikuchipy cannot load it as an EMsoft EBSD master pattern: {exc}", path) from None
-    _check_cubic(mp, path)
+    laue = master_pattern_laue_group(mp, path)
     if mp.data.ndim != 3 or mp.data.shape[0] != 2:
         raise EBSDInputError(f"expected two hemispheres of one energy, got shape {mp.data.shape}", path)
     _set_source(
@@ -185,6 +203,8 @@ def load_master_pattern(path=None, energy_kv: float = 20.0):
             "space_group": int(info.space_group),
             "lattice_parameters_nm": list(info.lattice_parameters),
             "crystal": info.crystal,
+            "laue_group": laue,
+            "phase": _phase_record_or_none(mp.phase),
         },
     )
     return mp
@@ -206,11 +226,19 @@ def _nickel_phase():
 KINEMATICAL_HALF_SIZE = 1000
 
 
-def kinematical_master_pattern(energy_kv: float, half_size: int = KINEMATICAL_HALF_SIZE, progress: bool = False):
-    """Kinematical Ni master pattern at one voltage (kikuchipy ``KikuchiPatternSimulator``).
+def kinematical_master_pattern(
+    energy_kv: float,
+    half_size: int = KINEMATICAL_HALF_SIZE,
+    progress: bool = False,
+    phase=None,
+    reflectors=None,
+):
+    """Kinematical master pattern of a phase at one voltage (kikuchipy ``KikuchiPatternSimulator``); default Ni.
 
-    Bands are the families :data:`NICKEL_REFLECTORS` (all symmetry equivalents), intensities linear in the structure
-    factor |F|, band half-widths the Bragg angles at ``energy_kv`` (so bands narrow as the voltage rises).
+    Bands are the reflector families (all symmetry equivalents), intensities linear in the structure factor |F|,
+    band half-widths the (relativistic) Bragg angles at ``energy_kv`` (so bands narrow as the voltage rises). For Ni
+    (``phase=None``) the families are :data:`NICKEL_REFLECTORS`; for other phases the strongest families by structure
+    factor (:func:`ebsd_keras.crystal.select_reflectors`) unless ``reflectors`` lists them.
 
     Parameters
     ----------
@@ -220,6 +248,10 @@ def kinematical_master_pattern(energy_kv: float, half_size: int = KINEMATICAL_HA
         Half side of the master pattern: (2 half_size + 1) pixels per side and hemisphere.
     progress
         Show kikuchipy's progress bars.
+    phase
+        ``None`` (Ni), a CIF path, a shipped material name ("fe", "ti", "tio2", "al2o3", ...) or an orix ``Phase``.
+    reflectors
+        (n, 3) hkl families to use instead of the automatic selection (non-Ni phases).
 
     Returns
     -------
@@ -229,15 +261,24 @@ def kinematical_master_pattern(energy_kv: float, half_size: int = KINEMATICAL_HA
     import kikuchipy as kp
     from diffsims.crystallography import ReciprocalLatticeVector
 
+    from ebsd_keras.crystal import emsoft_crystal, families, load_phase, phase_record, select_reflectors
     from ebsd_keras.io.emsoft import NICKEL_CRYSTAL
 
     energy = float(check_voltage_kv(energy_kv, None, "energy_kv"))
     if int(half_size) != half_size or half_size < 10:
         raise EBSDInputError(f"half_size must be an integer >= 10, got {half_size!r}", None, "half_size")
-    ref = ReciprocalLatticeVector(_nickel_phase(), hkl=np.array(NICKEL_REFLECTORS)).symmetrise()
-    ref.sanitise_phase()
-    ref.calculate_structure_factor()
-    ref.calculate_theta(energy * 1e3)  # volts
+    if phase is None:
+        crystal_phase = _nickel_phase()
+        ref = ReciprocalLatticeVector(crystal_phase, hkl=np.array(NICKEL_REFLECTORS)).symmetrise()
+        ref.sanitise_phase()
+        ref.calculate_structure_factor()
+        ref.calculate_theta(energy * 1e3)  # volts
+        crystal, hkl_families = NICKEL_CRYSTAL, [list(r) for r in NICKEL_REFLECTORS]
+    else:
+        crystal_phase = load_phase(phase)
+        ref = select_reflectors(crystal_phase, energy, hkl=reflectors)
+        crystal, hkl_families = emsoft_crystal(crystal_phase), families(ref)
+    record = phase_record(crystal_phase)
     simulator = kp.simulations.KikuchiPatternSimulator(ref)
     # the simulator always draws a tqdm bar on stderr; swallow it unless asked for
     quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
@@ -251,11 +292,14 @@ def kinematical_master_pattern(energy_kv: float, half_size: int = KINEMATICAL_HA
             "file": None,
             "energy_kv": energy,
             "half_size": int(half_size),
-            "reflectors": [list(r) for r in NICKEL_REFLECTORS],
+            "reflectors": hkl_families,
             "scaling": "linear",
-            "space_group": 225,
-            "lattice_parameters_nm": [NICKEL_LATTICE_ANGSTROM / 10] * 3 + [90.0] * 3,
-            "crystal": NICKEL_CRYSTAL,
+            "space_group": record["space_group"],
+            "lattice_parameters_nm": [v / 10 for v in record["lattice_parameters_angstrom"][:3]]
+            + record["lattice_parameters_angstrom"][3:],
+            "crystal": crystal,
+            "laue_group": record["laue_group"],
+            "phase": record,
         },
     )
     return mp
