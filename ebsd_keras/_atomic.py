@@ -282,6 +282,19 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+class _Whole:
+    """A file whose write() writes everything (numpy's header writer assumes a buffered file)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        data = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+        while len(data):
+            n = self.f.write(data)
+            data = data[n if n is not None else len(data) :]
+
+
 class NpyWriter:
     """Write a ``.npy`` array row block by row block through an open file: no memory map.
 
@@ -303,7 +316,7 @@ class NpyWriter:
     def __init__(self, f, shape, dtype=np.float32, path=None):
         self.f, self.shape, self.dtype, self.path = f, tuple(int(s) for s in shape), np.dtype(dtype), path
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
-        self._guard(lambda: np.lib.format.write_array_header_1_0(f, header))
+        self._guard(lambda: np.lib.format.write_array_header_1_0(_Whole(f), header))
         self.offset = f.tell()
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.total = self.offset + self.shape[0] * self.row_bytes if self.shape else self.offset + self.dtype.itemsize
@@ -324,7 +337,12 @@ class NpyWriter:
         data = memoryview(rows.reshape(-1).view(np.uint8))
         self._guard(lambda: self.f.seek(self.offset + start * self.row_bytes))
         for i in range(0, len(data), NPY_CHUNK_BYTES):
-            self._guard(lambda i=i: self.f.write(data[i : i + NPY_CHUNK_BYTES]))
+            self._guard(lambda i=i: self._write_all(data[i : i + NPY_CHUNK_BYTES]))
+
+    def _write_all(self, block) -> None:
+        while len(block):  # an unbuffered write may take part of the block
+            n = self.f.write(block)
+            block = block[n if n is not None else len(block) :]
 
     def close(self) -> None:
         """Give the file its full length (rows never written read as zeros) and flush it to the disk."""
@@ -342,7 +360,8 @@ def atomic_npy(target, shape, dtype=np.float32, overwrite: bool = True):
     OSError
         Full disk (ENOSPC) and other write errors, naming ``target``; the temporary file is removed.
     """
-    with atomic_path(target, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+    # Unbuffered: every write error surfaces in write(), none is deferred to close().
+    with atomic_path(target, overwrite=overwrite) as tmp, open(tmp, "wb", buffering=0) as f:
         writer = NpyWriter(f, shape, dtype, path=target)
         yield writer
         writer.close()

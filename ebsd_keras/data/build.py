@@ -6,10 +6,14 @@ Output directory (written atomically: it appears complete or not at all)::
     out_dir/dataset.json                what was built: counts, sampling, voltages, sources, detector,
                                         preprocessing, seed, timing, package versions
 
-Orientations: each split is its own cubochoric grid of the cubic m-3m fundamental zone (distinct, co-prime densities,
-see :func:`ebsd_keras.data.sampling.split_densities`), or the training orientations come from an EMsoft angle file.
-Orientations of validation / test that coincide (up to cubic symmetry) with an earlier split are removed, so no
-orientation is in two splits. ``max_per_split`` draws a deterministic random subset of each split.
+Crystal: a phase (``phase=``: CIF file, shipped material name or orix ``Phase``, see :mod:`ebsd_keras.crystal`), or
+the master pattern's own crystal (Ni for the defaults). Its name, space group, point and Laue group are recorded in
+``dataset.json`` and every file's metadata; master patterns of another crystal are refused.
+
+Orientations: each split is its own cubochoric grid of the phase's Laue-group fundamental zone (m-3m for Ni; distinct,
+co-prime densities, see :func:`ebsd_keras.data.sampling.split_densities`), or the training orientations come from an
+EMsoft angle file. Orientations of validation / test that coincide (up to the crystal's symmetry) with an earlier split
+are removed, so no orientation is in two splits. ``max_per_split`` draws a deterministic random subset of each split.
 
 Voltages: one voltage gives files with a per-file voltage (NML ``energymax``). Several voltages repeat the split's
 orientation list in consecutive blocks, one per voltage in the order given, with the per-pattern dataset
@@ -175,12 +179,12 @@ def _files_per_voltage(voltages, master_pattern, allow_mixed: bool) -> dict:
     return {v: files.get(round(v, 6)) for v in voltages}
 
 
-def _load_source(kv: float, kind: str, path, half_size: int, progress: bool):
+def _load_source(kv: float, kind: str, path, half_size: int, progress: bool, phase=None):
     from ebsd_keras.data.simulate import KINEMATICAL_HALF_SIZE, kinematical_master_pattern, load_master_pattern
 
     if kind == "kinematical":
         size = KINEMATICAL_HALF_SIZE if half_size is None else half_size
-        return kinematical_master_pattern(kv, half_size=size, progress=progress)
+        return kinematical_master_pattern(kv, half_size=size, progress=progress, phase=phase)
     if kind == "ebsdsim-dynamical":
         from ebsd_keras.data.simulate import ebsdsim_master_pattern
 
@@ -213,15 +217,17 @@ def _max_for(max_per_split, split: str):
     return None if value is None else int(value)
 
 
-def _orientations(n_train, n_val, n_test, train_orientations, max_per_split, seed, tol_deg):
-    """Orientation lists of the three splits and how each was made."""
+def _orientations(n_train, n_val, n_test, train_orientations, max_per_split, seed, tol_deg, symmetry="m-3m"):
+    """Orientation lists of the three splits (fundamental zone of the Laue group ``symmetry``) and how each was made."""
     from ebsd_keras.data.sampling import cubochoric_fundamental_zone, remove_shared, split_densities, subsample
+    from ebsd_keras.orientation import symmetry_operators
 
     seeds = np.random.SeedSequence(seed).generate_state(len(SPLITS))
     out, records = {}, {}
     if train_orientations is not None:
         q, rec = _read_orientations(train_orientations, "train_orientations")
-        ref_steps = max(2, int(round((len(q) / _CUBOCHORIC_DENSITY) ** (1 / 3))))
+        density = _CUBOCHORIC_DENSITY * 24 / len(symmetry_operators(symmetry))  # zone K times smaller than -1's
+        ref_steps = max(2, int(round((len(q) / density) ** (1 / 3))))
     else:
         ref_steps = int(n_train)
         q, rec = None, None
@@ -235,16 +241,16 @@ def _orientations(n_train, n_val, n_test, train_orientations, max_per_split, see
         if split == "train" and q is not None:
             grid, record = q, rec
         else:
-            grid = cubochoric_fundamental_zone(steps[split])
+            grid = cubochoric_fundamental_zone(steps[split], symmetry=symmetry)
             record = {
                 "method": "cubochoric",
-                "point_group": "m-3m",
+                "point_group": symmetry,
                 "semi_edge_steps": int(steps[split]),
                 "grid_size": int(len(grid)),
             }
         removed = 0
         for other in SPLITS[:i]:  # no orientation in two splits (checked before subsampling: subsets stay disjoint)
-            grid, gone = remove_shared(grid, out[other], tol_deg=tol_deg)
+            grid, gone = remove_shared(grid, out[other], tol_deg=tol_deg, symmetry=symmetry)
             removed += len(gone)
         record["removed_shared_with_earlier_splits"] = int(removed)
         cap = _max_for(max_per_split, split)
@@ -306,6 +312,7 @@ def build_dataset(
     kinematical_half_size: int | None = None,
     ebsdsim_half_size: int = 60,
     shared_tol_deg: float = 1e-4,
+    phase=None,
 ) -> dict:
     """Build ``train.h5``, ``val.h5``, ``test.h5`` and ``dataset.json`` in ``out_dir``.
 
@@ -356,6 +363,11 @@ def build_dataset(
         the grid).
     shared_tol_deg
         Disorientation (degrees) under which orientations of two splits count as the same.
+    phase
+        The crystal: a CIF file, a shipped material name ("ni", "fe", "ti", "tio2", "al2o3") or an orix ``Phase``;
+        ``None`` for the master pattern's crystal (Ni by default). Orientations sample its Laue group's fundamental
+        zone; without a master-pattern file a non-Ni phase is simulated kinematically; master patterns of another
+        crystal are refused.
 
     Returns
     -------
@@ -376,9 +388,13 @@ def build_dataset(
     from ebsd_keras.checks import constant_pattern_count
 
     t0 = time.perf_counter()
+    phase_obj, source = _phase_and_source(phase, master_pattern, source)
     check_writable(out_dir, "dir", overwrite, "-o/--output")  # before the (minutes of) projection
     volts = _voltages(energy_kv, voltages)
     plan = resolve_sources(volts, master_pattern, source, allow_mixed=allow_mixed_sources)
+    for _, _, path in plan:
+        if path is not None:
+            _check_master_file(path)
     det_kwargs = dict(DEFAULT_DETECTOR)
     det_kwargs.update(detector or {})
     unknown = set(det_kwargs) - set(DEFAULT_DETECTOR)
@@ -397,19 +413,28 @@ def build_dataset(
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        quats, sampling = _orientations(n_train, n_val, n_test, train_orientations, max_per_split, seed, shared_tol_deg)
+        # All master patterns first (a few MB each): every file's metadata then names its sources, and their crystal
+        # decides the orientation sampling.
+        masters = [
+            _load_source(
+                kv,
+                kind,
+                path,
+                ebsdsim_half_size if kind == "ebsdsim-dynamical" else kinematical_half_size,
+                False,
+                phase_obj,
+            )
+            for kv, kind, path in plan
+        ]
+        phase_rec = _dataset_phase(phase_obj, masters, plan)
+        quats, sampling = _orientations(
+            n_train, n_val, n_test, train_orientations, max_per_split, seed, shared_tol_deg, phase_rec["laue_group"]
+        )
         eulers = {s: quaternion_to_euler(q) for s, q in quats.items()}
         n_volt = len(volts)
         counts = {s: len(q) * n_volt for s, q in quats.items()}
         splits_meta = {}
         timing = {"projection_and_writing_s": {}}
-        # All master patterns first (a few MB each): every file's metadata then names its sources.
-        masters = [
-            _load_source(
-                kv, kind, path, ebsdsim_half_size if kind == "ebsdsim-dynamical" else kinematical_half_size, False
-            )
-            for kv, kind, path in plan
-        ]
         sources = [_source_record(master_pattern_source(mp)) for mp in masters]
         kinds = sorted({src["kind"] for src in sources})
         if len(kinds) != 1 and not allow_mixed_sources:  # resolve_sources makes this impossible; keep it so
@@ -428,6 +453,7 @@ def build_dataset(
                 }
                 meta = {
                     "split": split,
+                    "phase": phase_rec,
                     "preprocessing": preprocessing,
                     "source": {"kind": source_kind, "per_voltage": sources},
                     "sampling": sampling[split],
@@ -446,6 +472,7 @@ def build_dataset(
                         per_pattern_voltage=n_volt > 1,
                         metadata=meta,
                         crystal=first.get("crystal"),
+                        **({} if phase_obj is None else {"xtalname": f"{phase_rec['name']}.xtal"}),
                         overwrite=True,
                         nml_extra={"masterfile": str(first.get("file") or first["kind"])},
                     )
@@ -478,6 +505,7 @@ def build_dataset(
             "format_version": 1,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "splits": splits_meta,
+            "phase": phase_rec,
             "voltages_kv": volts,
             "layout": "per-voltage blocks of the split's orientation list, EMData/EBSD/AcceleratingVoltage per pattern"
             if n_volt > 1
@@ -511,3 +539,74 @@ def _check_constant(constant: int, n: int, out_dir) -> None:
         )
     if constant:
         logger.warning("%d of %d simulated patterns are constant (every pixel equal)", constant, n)
+
+
+def _check_master_file(path) -> None:
+    """A master-pattern file that exists, is a file and is HDF5 -- checked before kikuchipy is even imported."""
+    import h5py
+
+    from ebsd_keras.checks import check_input_file
+
+    check_input_file(path, "--master-pattern", "master-pattern file")
+    if not h5py.is_hdf5(path):
+        raise EBSDInputError(
+            "not an HDF5 file (an EMsoft EMEBSDmaster .h5 file is expected; empty, truncated or another format?)",
+            path,
+            "--master-pattern",
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Phase
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _phase_and_source(phase, master_pattern, source: str):
+    """The phase object (or None) and the effective source: a non-Ni phase without a file is simulated kinematically
+    (the embedded EMsoft master pattern and the ebsdsim source are Ni only)."""
+    if phase is None:
+        return None, source
+    from ebsd_keras.crystal import check_same_phase, load_phase, phase_record
+
+    phase_obj = load_phase(phase)
+    try:
+        check_same_phase([phase_record(phase_obj), None])
+        is_nickel = True
+    except EBSDInputError:
+        is_nickel = False
+    if master_pattern is None and not is_nickel:
+        if source in ("emsoft", "ebsdsim"):
+            raise EBSDInputError(
+                f"the {source} source without a master-pattern file is Ni only; give a master-pattern file of "
+                f"{phase_obj.name} or use the kinematical source",
+                None,
+                "source",
+            )
+        source = "kinematical"
+    return phase_obj, source
+
+
+def _dataset_phase(phase_obj, masters, plan) -> dict:
+    """The dataset's phase record: the given phase, else the master patterns' crystal; all must be the same crystal."""
+    from ebsd_keras.crystal import check_same_phase, phase_record
+    from ebsd_keras.data.simulate import master_pattern_source
+
+    records = []
+    for mp, (_kv, _, path) in zip(masters, plan, strict=True):
+        src = master_pattern_source(mp)
+        rec = src.get("phase")
+        if rec is None and "space_group" in src:  # ebsdsim (Ni) and files whose atoms could not be read
+            nm = list(src.get("lattice_parameters_nm") or [])
+            rec = {
+                "name": str(src.get("kind", "unknown")),
+                "space_group": int(src["space_group"]),
+                "lattice_parameters_angstrom": [10 * v for v in nm[:3]] + nm[3:],
+            }
+        records.append((rec, path))
+    given = None if phase_obj is None else phase_record(phase_obj)
+    recs = ([given] if given is not None else []) + [r for r, _ in records]
+    where = next((p for _, p in records if p is not None), None)
+    first = check_same_phase(recs, where, "phase")
+    if "laue_group" not in first:
+        first = phase_record(masters[0].phase)
+    return first

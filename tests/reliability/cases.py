@@ -242,8 +242,8 @@ def cases() -> list[Case]:
 
     # ----------------------------------------------------------------------------------------------- dataset
     DS = ("dataset", *DATASET_FAST)
-    for key, (path, msg) in BAD_ANGLES.items():
-        c.append(Case(f"dataset-{key}", (*DS, "--angles", path, "-o", "{W}/ds"), msg))
+    for key, (path, msg) in BAD_ANGLES.items():  # --angles replaces --density
+        c.append(Case(f"dataset-{key}", ("dataset", *DATASET_FAST[2:], "--angles", path, "-o", "{W}/ds"), msg))
     for key, (path, msg) in {k: v for k, v in BAD_H5.items() if k != "h5_truncated"}.items():
         c.append(Case(f"dataset-master-{key}", (*DS, "--master-pattern", path, "-o", "{W}/ds"), msg))
     c += _output_cases("dataset", lambda o: (*DS, "-o", o), "", "dir")
