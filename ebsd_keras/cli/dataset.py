@@ -13,7 +13,15 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """\
 Build train.h5, val.h5 and test.h5 (EMsoft EMEBSD layout, uint8 patterns; kikuchipy.load opens them) and dataset.json
 (what was built) in DIR, by projecting a master pattern with kikuchipy for orientations sampled on cubochoric grids of
-the cubic m-3m fundamental zone.
+the crystal's fundamental zone (its Laue group's: m-3m for Ni).
+
+Crystal:
+  default         the master pattern's crystal (Ni for the embedded master pattern and the kinematical simulator).
+  --phase FILE.cif|NAME
+                  another crystal: a CIF file (space group, lattice, atoms) or a shipped one: ni, fe (bcc), ti (hcp),
+                  tio2 (rutile), al2o3 (corundum). Without --master-pattern it is simulated kinematically (reflectors
+                  chosen by structure factor, relativistic Bragg angles); a master-pattern file must be of the same
+                  crystal. Its name, space group, point and Laue group are recorded in dataset.json and every file.
 
 Orientations:
   --density N     training grid: N cubochoric semi-edge steps (EMsoft's N = 100 -> 333,227 orientations, about
@@ -60,6 +68,8 @@ EPILOG = """\
 examples:
   ebsd-keras dataset -o data/ni20kv                       # EMsoft N=100 training grid, 20 kV, CLAHE
   ebsd-keras dataset -o data/small --density 20 --max-train 2000 --max-val 200 --max-test 200
+  ebsd-keras dataset -o data/ti20 --phase ti --density 20 --max-train 4000   # alpha-Ti (6/mmm), kinematical
+  ebsd-keras dataset -o data/x --phase my_crystal.cif --density 30
   ebsd-keras dataset -o data/volt --density 30 --kv 10 15 20 25 30      # kinematical, 5 voltage blocks
   ebsd-keras dataset -o data/mp --master-pattern Ni-master-10-30kV.h5 --kv 10 20 30
   ebsd-keras dataset -o data/mp2 --kv 10 20 --master-pattern 10=Ni-10kV.h5 20=Ni-20kV.h5
@@ -84,6 +94,12 @@ def register(subparsers) -> None:
         help="training grid: cubochoric semi-edge steps (default 100 = 333,227 orientations)",
     )
     grid.add_argument("--angles", default=None, metavar="FILE", help="training orientations from an EMsoft angle file")
+    p.add_argument(
+        "--phase",
+        default=None,
+        metavar="FILE.cif|NAME",
+        help="crystal: a CIF file or a shipped name (ni, fe, ti, tio2, al2o3); default the master pattern's (Ni)",
+    )
     p.add_argument("--val-density", type=int, default=None, metavar="N", help="validation grid semi-edge steps")
     p.add_argument("--test-density", type=int, default=None, metavar="N", help="test grid semi-edge steps")
     p.add_argument("--max-train", type=int, default=None, metavar="N", help="at most N training orientations")
@@ -211,6 +227,7 @@ def run(args) -> int:
         clahe=None if args.no_clahe else CLAHEConfig(args.clip_limit, tuple(args.tiles)),
         seed=args.seed,
         batch_size=args.batch_size,
+        phase=args.phase,
         overwrite=args.overwrite,
         progress=not args.quiet,
         **(
@@ -227,6 +244,7 @@ def run(args) -> int:
                 "patterns": counts,
                 "voltages_kv": summary["voltages_kv"],
                 "source": summary["source_kind"],
+                "phase": {k: summary["phase"][k] for k in ("name", "space_group", "point_group", "laue_group")},
                 "seconds": summary["timing"]["total_s"],
             }
         )

@@ -135,13 +135,17 @@ def master_pattern_laue_group(mp, path=None) -> str:
     return laue_group(name)
 
 
-def _phase_record_or_none(phase):
+def _file_phase_record(phase, lattice_parameters_nm):
+    """Phase record of an EMsoft file's crystal, lattice from its CrystalData (kikuchipy keeps EMsoft's nm)."""
     from ebsd_keras.crystal import phase_record
 
     try:
-        return phase_record(phase)
+        rec = phase_record(phase)
     except Exception:  # a file's phase may lack atoms or a space group: the record is then only what is known
         return None
+    nm = [float(v) for v in lattice_parameters_nm]
+    rec["lattice_parameters_angstrom"] = [round(10 * v, 6) for v in nm[:3]] + nm[3:]
+    return rec
 
 
 def load_master_pattern(path=None, energy_kv: float = 20.0):
@@ -204,7 +208,7 @@ def load_master_pattern(path=None, energy_kv: float = 20.0):
             "lattice_parameters_nm": list(info.lattice_parameters),
             "crystal": info.crystal,
             "laue_group": laue,
-            "phase": _phase_record_or_none(mp.phase),
+            "phase": _file_phase_record(mp.phase, info.lattice_parameters),
         },
     )
     return mp
@@ -338,34 +342,17 @@ def ebsdsim_master_pattern(energy_kv: float, half_size: int = 60, progress: bool
     from ebsd_keras.io.emsoft import NICKEL_CRYSTAL
 
     energy = float(check_voltage_kv(energy_kv, None, "energy_kv"))
-    try:
-        import ebsdsim
-    except ImportError:
-        raise EBSDInputError(
-            "the ebsdsim source needs the optional 'ebsdsim' package (pip install ebsdsim) and a Vulkan/WebGPU "
-            "device (on a CPU-only machine: apt-get install mesa-vulkan-drivers)",
-            None,
-            "source",
-        ) from None
-    a = NICKEL_LATTICE_ANGSTROM
-    material = ebsdsim.Material(
-        cell=ebsdsim.Cell(a, a, a, 90.0, 90.0, 90.0, space_group=225),
-        atoms=[ebsdsim.Atom("Ni", 0.0, 0.0, 0.0)],
-        name="Ni",
-    )
     kwargs = {"sigma_deg": 70.0, "verbosity": 1 if progress else 0, **options}
-    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
-    try:
-        with quiet:
-            result = ebsdsim.master_pattern(material, voltage_kv=energy, halfw=int(half_size), **kwargs)
-    except Exception as exc:  # wgpu raises its own types when no adapter / device exists
-        raise EBSDInputError(
-            f"ebsdsim could not simulate {energy:g} kV ({type(exc).__name__}: {exc}); it needs a Vulkan/WebGPU device "
-            "(CPU-only: apt-get install mesa-vulkan-drivers)",
-            None,
-            "source",
-        ) from None
-    data = np.asarray(result.data, dtype=np.float32)  # (E, S, H, side, side); index 0 = energy/site integrated
+    # ebsdsim runs in a fresh process: the Vulkan software driver loads its own LLVM, and numba (kikuchipy, orix)
+    # compiling in the same process afterwards segfaults. A spawned child imports neither.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        outcome = pool.submit(_ebsdsim_in_child, energy, int(half_size), kwargs, bool(progress)).result()
+    if isinstance(outcome, str):
+        raise EBSDInputError(outcome, None, "source")
+    data, version = outcome  # (E, S, H, side, side); index 0 = energy/site integrated
     hemis = data[0, 0]
     if hemis.shape[0] == 1:  # centrosymmetric crystals: ebsdsim stores the north only
         hemis = np.concatenate([hemis, hemis])
@@ -382,7 +369,7 @@ def ebsdsim_master_pattern(energy_kv: float, half_size: int = 60, progress: bool
             "file": None,
             "energy_kv": energy,
             "half_size": int(half_size),
-            "program": f"ebsdsim {getattr(ebsdsim, '__version__', '?')}",
+            "program": f"ebsdsim {version}",
             "options": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
             "space_group": 225,
             "lattice_parameters_nm": [NICKEL_LATTICE_ANGSTROM / 10] * 3 + [90.0] * 3,
@@ -390,6 +377,38 @@ def ebsdsim_master_pattern(energy_kv: float, half_size: int = 60, progress: bool
         },
     )
     return mp
+
+
+def _ebsdsim_in_child(energy: float, half_size: int, kwargs: dict, progress: bool):
+    """Run ebsdsim (Ni) in a spawned process; returns (data float32, version) or a one-line error message."""
+    import tempfile
+
+    # wgpu wants a runtime directory; CI and containers often have none
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ebsdsim-xdg-")
+    try:
+        import ebsdsim
+    except ImportError:
+        return (
+            "the ebsdsim source needs the optional 'ebsdsim' package (pip install ebsdsim) and a Vulkan/WebGPU "
+            "device (on a CPU-only machine: apt-get install mesa-vulkan-drivers)"
+        )
+    a = NICKEL_LATTICE_ANGSTROM
+    material = ebsdsim.Material(
+        cell=ebsdsim.Cell(a, a, a, 90.0, 90.0, 90.0, space_group=225),
+        atoms=[ebsdsim.Atom("Ni", 0.0, 0.0, 0.0)],
+        name="Ni",
+    )
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+    try:
+        with quiet:
+            result = ebsdsim.master_pattern(material, voltage_kv=energy, halfw=half_size, **kwargs)
+    except Exception as exc:  # wgpu raises its own types when no adapter / device exists
+        return (
+            f"ebsdsim could not simulate {energy:g} kV ({type(exc).__name__}: {exc}); it needs a Vulkan/WebGPU device "
+            "(CPU-only: apt-get install mesa-vulkan-drivers)"
+        )
+    return np.asarray(result.data, dtype=np.float32), getattr(ebsdsim, "__version__", "?")
 
 
 # ----------------------------------------------------------------------------------------------------------------
