@@ -275,9 +275,9 @@ class NaNGuard(keras.callbacks.TerminateOnNaN):
     reason = None
     detail = ""
 
-    def __init__(self, factor: float = DIVERGENCE_FACTOR):
+    def __init__(self, factor: float | None = None):
         super().__init__()
-        self.factor = float(factor)
+        self.factor = float(DIVERGENCE_FACTOR if factor is None else factor)
         self.reference: dict[str, float] = {}
 
     def on_batch_end(self, batch, logs=None):

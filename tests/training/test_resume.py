@@ -5,6 +5,7 @@ import json
 import os
 import signal
 
+import keras
 import numpy as np
 import pytest
 
@@ -20,7 +21,7 @@ from ebsd_keras.training.callbacks import (
     seed_generator_states,
 )
 
-from .conftest import EPOCHS, keras_file_arrays, same_arrays
+from .conftest import EPOCHS, cli_argv, keras_file_arrays, same_arrays, train_config
 
 
 def _compiled(seed):
@@ -93,3 +94,87 @@ def test_sigkill_resume_equals_uninterrupted_run(chain, tiny_data, capsys):
         assert same_arrays(keras_file_arrays(full / name), keras_file_arrays(killed / name)), name
     assert (full / "history.csv").read_text() == (killed / "history.csv").read_text()
     assert chain["gan"]["summary"]["best"] == summary["best"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# damaged resume points, NaN and divergence (issue 16)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_corrupt_state_json_is_one_line_and_no_resume_starts_over(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "backup").mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (out / "backup" / "state.json").write_text('{"epoch": 0, "weights": "ckpt-0.weigh')  # cut by a crash
+    argv = [*cli_argv(tiny_data, out), "--epochs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "state.json" in err[0] and "--no-resume" in err[0], err
+    assert (out / "backup" / "state.json").exists()  # the refusal deleted nothing
+    assert main([*argv, "--no-resume"]) == 0, capsys.readouterr().err
+    assert (out / "model.keras").is_file() and not (out / "backup").exists()
+
+
+def test_truncated_checkpoint_is_one_line_naming_it(tmp_path):
+    model = _compiled(seed=1)
+    backup = EpochBackup(tmp_path / "backup")
+    backup.set_model(model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    state = read_backup_state(tmp_path / "backup")
+    ckpt = tmp_path / "backup" / state["weights"]
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(EBSDInputError, match="--no-resume") as info:
+        restore_backup(_compiled(seed=2), tmp_path / "backup", state)
+    assert info.value.path == str(ckpt) and "\n" not in str(info.value)
+
+
+class _PoisonAfterFirstBatch(keras.callbacks.Callback):
+    """Makes the decoder's weights NaN after the first training batch: the next loss is NaN."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            v = self.model.decoder.trainable_variables[0]
+            v.assign(v * float("nan"))
+
+
+def test_nan_in_the_first_epoch_claims_no_resume_point(tiny_data, tmp_path, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level("ERROR"):
+        summary = train(train_config(tiny_data, out, image_every_steps=0, epochs=1), verbose=0,
+                        callbacks=[_PoisonAfterFirstBatch()])  # fmt: skip
+    assert summary["status"] == "terminated_on_nan"
+    assert "no resume point" in caplog.text and "kept in" not in caplog.text
+    assert not (out / "backup").exists() and not (out / "model.keras").exists()
+
+
+def test_divergence_rule_keeps_the_last_good_checkpoint(tmp_path):
+    from ebsd_keras.training.callbacks import BestCheckpoint, NaNGuard
+
+    model = _compiled(seed=0)
+    guard, best = NaNGuard(), BestCheckpoint(tmp_path / "best.keras", "val_bce_gap")
+    backup = EpochBackup(tmp_path / "backup", best=best)
+    for cb in (guard, best, backup):  # train()'s order: guard first, backup last
+        cb.set_model(model)
+
+    def epoch_end(epoch, logs):
+        for cb in (guard, best, backup):
+            cb.on_epoch_end(epoch, dict(logs))
+
+    epoch_end(0, {"loss": 2.0, "val_bce_gap": 0.01})
+    epoch_end(1, {"loss": 3.0e5, "val_bce_gap": 0.008})  # 1.5e5x: large, but under the 1e6x rule
+    assert not guard.triggered and best.best_epoch == 1
+    saved = (tmp_path / "best.keras").stat().st_mtime_ns
+    epoch_end(2, {"loss": 2.0e17, "val_bce_gap": 0.001})  # finite runaway (a better-looking val metric, even)
+    assert guard.triggered and guard.reason == "diverged" and model.stop_training
+    assert "loss" in guard.detail and "epoch 3" in guard.detail
+    assert best.best_epoch == 1 and (tmp_path / "best.keras").stat().st_mtime_ns == saved
+    assert read_backup_state(tmp_path / "backup")["epoch"] == 1
+
+
+def test_diverged_run_exits_1_without_a_final_model(tiny_data, tmp_path, capsys, monkeypatch):
+    from ebsd_keras.training import callbacks
+
+    monkeypatch.setattr(callbacks, "DIVERGENCE_FACTOR", 1e-12)  # every epoch "diverges": the wiring, end to end
+    out = tmp_path / "run"
+    assert main([*cli_argv(tiny_data, out), "--epochs", "1"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "diverged" in capsys.readouterr().out
+    assert not (out / "model.keras").exists()
