@@ -339,6 +339,23 @@ def _normalise_inputs(inputs) -> list[tuple[str, str]]:
     return pairs
 
 
+def _resolve_phase(infos, pairs):
+    """The crystal of all files (their ``phase`` provenance); refuse files of different phases.
+
+    Files without a phase record (written before phases were recorded, or by other programs) count as Ni; ``None``
+    when no file records one.
+    """
+    from ebsd_keras.crystal import check_same_phase
+
+    records = [(info.metadata or {}).get("phase") if info.metadata else None for info in infos]
+    if all(r is None for r in records):
+        return None
+    first = records[0]
+    for (_, path), rec in zip(pairs[1:], records[1:], strict=True):
+        check_same_phase([first, rec], path, "phase")  # one clear line naming the file that differs
+    return _jsonable(next(r for r in records if r is not None))
+
+
 def _resolve_preprocessing(infos, preprocess, pairs):
     """Decide the dataset's preprocessing record; refuse CLAHE twice and mixed preprocessing."""
     recorded = [info.metadata.get("preprocessing", "unknown") if info.metadata else "unknown" for info in infos]
@@ -446,11 +463,12 @@ def write_tfrecords(
             raise EBSDInputError("file contains no patterns", path, "EBSDPatterns")
         check_pattern_shape(info.pattern_shape, shape, path, "EBSDPatterns")
     preprocessing = _resolve_preprocessing(infos, preprocess, pairs)
+    phase = _resolve_phase(infos, pairs)
 
     def build(directory: str) -> dict:
         return _write_all(
             directory, pairs, infos, shape, int(shard_size), compression, preprocess, preprocessing,
-            voltage_kv, degrees, progress, int(chunk_size),
+            voltage_kv, degrees, progress, int(chunk_size), phase,
         )  # fmt: skip
 
     if _is_remote(out_dir):
@@ -494,7 +512,7 @@ def _write_remote(out_dir: str, overwrite: bool, build) -> dict:
 
 def _write_all(
     directory, pairs, infos, shape, shard_size, compression, preprocess, preprocessing, voltage_kv, degrees,
-    progress, chunk_size,
+    progress, chunk_size, phase=None,
 ) -> dict:  # fmt: skip
     import tensorflow as tf
     from tqdm.auto import tqdm
@@ -534,6 +552,7 @@ def _write_all(
         "compression": compression,
         "shard_size": shard_size,
         "preprocessing": _jsonable(preprocessing),
+        "phase": phase,
         "sources": sources,
         "voltages_kv": sorted({v for d in by_voltage.values() for v in d}),
         "created_by": {"package": "ebsd_keras", "version": __version__, "tensorflow": tf.__version__},
