@@ -69,8 +69,8 @@ def run(n: int = 1000, resolution: float = 2.0, compare_n: int = 100, seed: int 
     dict
         Timings (s), throughputs and the floor statistics (degrees).
     """
-    from ebsd_keras.evaluation.indexing import indexer_from_metadata
-    from ebsd_keras.evaluation.report import load_test_set
+    from ebsd_keras.indexing.dictionary import indexer_from_metadata
+    from ebsd_keras.io.testset import load_test_set
     from ebsd_keras.orientation import disorientation
 
     out: dict = {"n": n, "resolution_deg": resolution, "cpu_count": os.cpu_count()}

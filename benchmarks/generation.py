@@ -76,8 +76,9 @@ def run(
 
     from ebsd_keras.data.preprocess import clahe
     from ebsd_keras.data.simulate import rescale_per_pattern
-    from ebsd_keras.export import export_saved_model
-    from ebsd_keras.generation import _generator_fn, load_generator
+    from ebsd_keras.serving.export import export_saved_model
+    from ebsd_keras.serving.generate import _generator_fn
+    from ebsd_keras.serving.models import load_generator
 
     n = n or (512 if quick else 2048)
     repeats = repeats or (2 if quick else 3)

@@ -15,7 +15,7 @@ deterministic path z = 0:
   ``get_patterns`` projection of the EMsoft master pattern, and against kikuchipy + OpenCV CLAHE (what the dataset
   does), interleaved in the same process;
 - the ``.keras`` round trip (reloaded with safe_mode=True gives the same patterns);
-- when ``ebsd_keras.evaluation.report.evaluate_generator`` exists and ``--refined-di`` is given, its report
+- when ``ebsd_keras.evaluation.run.evaluate_generator`` exists and ``--refined-di`` is given, its report
   (DI + refinement) too.
 
 Run (writes ``results.json`` next to the model, logs to stdout)::
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
 
     if args.refined_di:
         try:
-            from ebsd_keras.evaluation.report import evaluate_generator, model_generator
+            from ebsd_keras.evaluation.run import evaluate_generator, model_generator
         except ImportError as exc:  # the evaluation module is written separately
             print("evaluate_generator not available:", exc, flush=True)
         else:

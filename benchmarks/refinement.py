@@ -74,14 +74,11 @@ def main(argv=None) -> int:
         return pattern_centres(args)
 
     from ebsd_keras._atomic import atomic_path
-    from ebsd_keras.evaluation.indexing import indexer_from_metadata
-    from ebsd_keras.evaluation.refinement import (
-        master_pattern_generator,
-        model_refinement_generator,
-        refine_bobyqa_generator,
-        refine_gradient,
-    )
-    from ebsd_keras.evaluation.report import load_model, load_test_set
+    from ebsd_keras.indexing.dictionary import indexer_from_metadata
+    from ebsd_keras.indexing.generator import master_pattern_generator, model_refinement_generator
+    from ebsd_keras.indexing.refinement import refine_bobyqa_generator, refine_gradient
+    from ebsd_keras.io.testset import load_test_set
+    from ebsd_keras.serving.models import load_model
     from ebsd_keras.simulations.geometry import DetectorGeometry
 
     ts = load_test_set(args.test, n=args.n, seed=args.seed)
@@ -210,7 +207,7 @@ def pattern_centres(args) -> int:
     """Model patterns at new pattern centres vs kikuchipy projections of the EMsoft master pattern."""
     from ebsd_keras._atomic import atomic_path
     from ebsd_keras.evaluation.pattern_centre import DEFAULT_PATTERN_CENTRES, evaluate_pattern_centres
-    from ebsd_keras.evaluation.report import load_model
+    from ebsd_keras.serving.models import load_model
 
     model = load_model(args.model)
     res = evaluate_pattern_centres(

@@ -123,8 +123,11 @@ def private_imports(path: Path, root: Path, modules: set[str]) -> list[str]:
         if isinstance(node, ast.ImportFrom):
             target = _resolve(me, is_package, node)
             if target in modules and target != me:
-                rows += [f"{me} -> {target}.{a.name}" for a in node.names
-                         if a.name.startswith("_") and not a.name.startswith("__")]
+                rows += [
+                    f"{me} -> {target}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
         elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
             # ``module._name`` on an imported module alias (e.g. ``physics._minmax_unit``)
             if isinstance(node.value, ast.Name) and node.value.id not in ("self", "cls"):
@@ -168,6 +171,7 @@ def functions(path: Path, root: Path):
                 walk(child, f"{prefix}{child.name}.")
             elif isinstance(child, ast.ClassDef):
                 walk(child, f"{prefix}{child.name}.")
+
     walk(tree, "")
     return rows
 
@@ -178,9 +182,7 @@ def measure(root: Path) -> dict:
     modules = {module_name(f, root) for f in files}
     graph = {module_name(f, root): imports_of(f, root, modules) for f in files}
     # A package's __init__ importing its own submodules is how packages work, not a circle.
-    graph_no_init = {
-        m: {t for t in deps if not t.startswith(m + ".")} for m, deps in graph.items()
-    }
+    graph_no_init = {m: {t for t in deps if not t.startswith(m + ".")} for m, deps in graph.items()}
     pkg = root.name
     below = [m for m in graph_no_init if not (m.startswith(f"{pkg}.evaluation") or m.startswith(f"{pkg}.cli"))]
     into_eval = sorted(f"{m} -> {d}" for m in below for d in graph_no_init[m] if d.startswith(f"{pkg}.evaluation"))
@@ -196,7 +198,7 @@ def measure(root: Path) -> dict:
         "private_names_across_modules": private,
         "functions": len(funcs),
         f"functions_over_{LONG_FUNCTION_LINES}_lines": len(long_funcs),
-        "longest_5": [{"function": n, "lines": l} for n, l, _ in long_funcs[:5]],
+        "longest_5": [{"function": n, "lines": k} for n, k, _ in long_funcs[:5]],
         f"functions_over_{MANY_PARAMETERS}_parameters": len(many),
         "most_parameters": [{"function": n, "parameters": p} for n, _, p in many],
         "edges": {m: sorted(v) for m, v in sorted(graph_no_init.items())},
@@ -220,8 +222,10 @@ def main(argv=None) -> int:
     print(f"private names taken across modules: {len(figures['private_names_across_modules'])}")
     for row in figures["private_names_across_modules"]:
         print(f"  {row}")
-    print(f"functions: {figures['functions']}  over {LONG_FUNCTION_LINES} lines: "
-          f"{figures[f'functions_over_{LONG_FUNCTION_LINES}_lines']}")
+    print(
+        f"functions: {figures['functions']}  over {LONG_FUNCTION_LINES} lines: "
+        f"{figures[f'functions_over_{LONG_FUNCTION_LINES}_lines']}"
+    )
     for row in figures["longest_5"]:
         print(f"  {row['lines']:5d}  {row['function']}")
     print(f"functions with > {MANY_PARAMETERS} parameters: {figures[f'functions_over_{MANY_PARAMETERS}_parameters']}")

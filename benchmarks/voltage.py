@@ -89,7 +89,8 @@ def baseline(args) -> dict:
     model = None
     if args.model:
         import ebsd_keras.models.cvaegan  # noqa: F401 - registers the model classes
-        from ebsd_keras.evaluation.report import load_model, model_generator
+        from ebsd_keras.evaluation.run import model_generator
+        from ebsd_keras.serving.models import load_model
 
         model = load_model(args.model)
         gen = model_generator(model)
@@ -275,7 +276,9 @@ def _entropy(t):
 
 def fidelity(args) -> dict:
     import ebsd_keras.models.cvaegan  # noqa: F401 - registers the model classes
-    from ebsd_keras.evaluation.report import load_model, load_test_set, model_generator
+    from ebsd_keras.evaluation.run import model_generator
+    from ebsd_keras.io.testset import load_test_set
+    from ebsd_keras.serving.models import load_model
 
     model = load_model(args.model)
     gen = model_generator(model)

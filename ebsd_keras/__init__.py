@@ -13,7 +13,7 @@ __all__ = ["__version__", "generate"]
 def __getattr__(name):
     # ``ebsd_keras.generate`` is imported on first use, so ``import ebsd_keras`` stays cheap (no TensorFlow).
     if name == "generate":
-        from ebsd_keras.generation import generate
+        from ebsd_keras.serving.generate import generate
 
         return generate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,8 +16,11 @@ def test_demo_generates_with_the_shipped_model_and_reports_fidelity(tmp_path, ca
     summary = json.loads((out / "summary.json").read_text())
     assert summary["generated_patterns"] == summary["dataset"]["test"]
     # fidelity is measured with the model made for the EMsoft 20 kV data; other voltages come from the voltage model
-    assert summary["model"].endswith("ni20-physics/model.keras")
-    assert summary["voltage_model"].endswith("ni-voltage-physics/model.keras")
+    assert summary["model"]["name"] == "ni20-physics" and summary["model"]["data"] == "dynamical"
+    assert summary["voltage_model"]["name"] == "ni-voltage-physics"
+    assert summary["voltage_model"]["data"] == "kinematical" and len(summary["model"]["sha256"]) == 64
+    assert "model ni20-physics v1 serves 20 kV, trained on dynamical patterns" in printed
+    assert "/" not in json.dumps(summary["model"])  # no machine path in the summary
     assert len(summary["extra_voltages_kv"]) == 4
     fidelity = summary["fidelity"]
     assert fidelity["ncc_mean"] > 0.99 and fidelity["pixels_within_15pct"] > 0.99  # the shipped model is good
@@ -33,7 +36,7 @@ def test_demo_shows_other_voltages_from_a_voltage_aware_model(monkeypatch, tmp_p
     from _gen_models import PHYSICS_SINGLE, PHYSICS_VOLTAGE, build_model, save_model
 
     from ebsd_keras.cli.demo import _voltage_model
-    from ebsd_keras.generation import trained_voltage_range
+    from ebsd_keras.serving.models import trained_voltage_range
 
     voltage_model = build_model("physics", **PHYSICS_VOLTAGE)
     lo, hi = trained_voltage_range(voltage_model.model_config)
@@ -48,3 +51,23 @@ def test_demo_shows_other_voltages_from_a_voltage_aware_model(monkeypatch, tmp_p
     model, kv, path = _voltage_model(single, 20.0)  # single-voltage: the shipped voltage-aware model's voltages
     assert model is not single and model.model_config.use_voltage
     assert path == str(tmp_path / "ni-voltage" / "model.keras") and len(kv) in (4, 5) and min(kv) == lo
+
+
+def test_step_headers_flush_progress_bars_first(monkeypatch, capsys):
+    """Bars go to stderr, headers to stdout: stderr is flushed before each header and the header at once."""
+    import sys
+
+    from ebsd_keras.cli.demo import step
+
+    calls = []
+    monkeypatch.setattr(sys.stderr, "flush", lambda: calls.append("stderr"))
+    real_print = print
+
+    def recording_print(*a, **kw):
+        calls.append(("print", kw.get("flush")))
+        real_print(*a, **kw)
+
+    monkeypatch.setattr("builtins.print", recording_print)
+    step(3, "generating")
+    assert calls == ["stderr", ("print", True)]
+    assert capsys.readouterr().out == "[3/5] generating\n"

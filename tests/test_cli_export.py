@@ -44,7 +44,7 @@ def test_export_refuses_foreign_files(tmp_path, capsys):
 def test_export_with_another_contrast_saves_a_switched_model(tmp_path, capsys):
     from _gen_models import PHYSICS_SINGLE, random_quaternions
 
-    from ebsd_keras.generation import load_generator
+    from ebsd_keras.serving.models import load_generator
 
     raw = save_model(tmp_path / "raw.keras", preset="physics", physics_contrast="rescale", **PHYSICS_SINGLE)
     out, switched = tmp_path / "serving", tmp_path / "clahe.keras"

@@ -56,7 +56,7 @@ def test_generate_samples_to_npy(model, tmp_path, capsys):
     [
         (["--euler", "0.1", "nan", "0.2"], ["euler", "non-finite"]),
         (["--euler", "0.1", "0.2"], ["--euler", "3-tuples"]),
-        (["--euler", "120", "45", "60"], ["degrees"]),
+        (["--euler", "120", "45", "60"], ["look like degrees", "pass --degrees"]),
         (["--euler", "0.1", "0.2", "0.3", "--kv", "20", "25"], ["voltage_kv", "2 voltages for 1"]),
         (["--euler", "0.1", "0.2", "0.3", "--kv", "20000"], ["voltage_kv", "kV"]),
         (["--angles", "missing.txt"], ["no such file"]),
@@ -77,3 +77,48 @@ def test_foreign_model_and_bad_suffix_exit_2(tmp_path, capsys):
     )
     _fails(["generate", "-m", str(bad), "--euler", "0", "0", "0", "-o", str(tmp_path / "g.jpg")], capsys, "suffix")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+def test_degrees_hint_names_generates_own_flag(model, tmp_path, capsys):
+    err = _fails(["generate", "-m", str(model), "--euler", "120", "45", "60", "-o", str(tmp_path / "g.h5")], capsys)
+    assert "--degrees" in err and "convert" not in err
+
+
+def test_a_model_folder_works_and_files_record_the_model_not_a_path(model, tmp_path, capsys):
+    """``-m FOLDER`` (what saved_models/ holds) loads the folder's .keras file; one line says which model serves
+    which voltages; the HDF5 records the model's name and file hash, never a path of this machine."""
+    import json
+
+    import h5py
+
+    from ebsd_keras.serving.models import file_sha256
+
+    out = tmp_path / "g.h5"
+    argv = ["generate", "-m", str(model.parent), "--euler", "0.1", "0.2", "0.3", "--kv", "20", "-o", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    first = printed.splitlines()[0]
+    assert first.startswith("model ") and "serves 15-25 kV" in first
+    with h5py.File(out, "r") as f:
+        meta = json.loads(f["ebsd_keras"].attrs["metadata"])
+    source = meta["source"]["model"]
+    assert source["sha256"] == file_sha256(model) and source["name"] == model.parent.name
+    assert str(tmp_path) not in json.dumps(meta) and "/" not in json.dumps(source)
+
+
+def test_png_rows_are_labelled_by_pattern_number(model, tmp_path, monkeypatch):
+    """One pattern: row "pattern 1" (not "0-0"); titles are Euler angles with the degree unit."""
+    from ebsd_keras.serving import pattern_grid
+
+    seen = {}
+    real = pattern_grid.save_pattern_grid
+
+    def spy(path, rows, titles=None, **kw):
+        seen.update(rows=list(rows), titles=titles)
+        return real(path, rows, titles=titles, **kw)
+
+    monkeypatch.setattr(pattern_grid, "save_pattern_grid", spy)
+    out = tmp_path / "g.png"
+    assert main(["generate", "-m", str(model), "--euler", "120", "45", "60", "--degrees", "-o", str(out)]) == 0
+    assert seen["rows"] == ["pattern 1"] and seen["titles"] == ["(120°, 45°, 60°) 20 kV"]
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -19,7 +19,7 @@ def files(tmp_path_factory):
     """A tiny physics-decoder model (random master-pattern texture) and patterns it generated at known angles."""
     import tensorflow as tf
 
-    from ebsd_keras.evaluation.indexing import _rotvec_to_quaternion
+    from ebsd_keras.indexing.dictionary import rotvec_to_quaternion
     from ebsd_keras.models.cvaegan import CVAEGAN
     from ebsd_keras.models.presets import get_preset
 
@@ -35,7 +35,7 @@ def files(tmp_path_factory):
     write_emebsd(d / "patterns.h5", pats, quaternion_to_euler(q), voltage_kv=20.0, detector=det)
     axis = rng.normal(size=(N, 3))
     axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    start = quaternion_multiply(_rotvec_to_quaternion(axis * np.radians(0.6)), q)
+    start = quaternion_multiply(rotvec_to_quaternion(axis * np.radians(0.6)), q)
     write_angle_file(d / "start.txt", quaternion_to_euler(start))
     return d, q, start
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make 
 from _gen_models import PHYSICS_VOLTAGE, build_model, random_quaternions  # noqa: E402
 
 from ebsd_keras.errors import EBSDInputError  # noqa: E402
-from ebsd_keras.export import (  # noqa: E402
+from ebsd_keras.serving.export import (
     SIGNATURES,
     decode_rest_request,
     export_saved_model,
@@ -23,7 +23,7 @@ from ebsd_keras.export import (  # noqa: E402
     rest_request,
     rest_response_patterns,
 )
-from ebsd_keras.generation import generate  # noqa: E402
+from ebsd_keras.serving.generate import generate  # noqa: E402
 
 N = 5
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
     import json, sys
     import numpy as np
     import tensorflow as tf
-    from ebsd_keras.export import decode_rest_request
+    from ebsd_keras.serving.export import decode_rest_request
 
     work = sys.argv[1]
     jobs = json.load(open(f"{work}/jobs.json"))
@@ -170,7 +170,9 @@ def test_rest_request_formats():
 
 def test_saved_model_cli_lists_the_signatures(exported):
     out = subprocess.run(
-        ["saved_model_cli", "show", "--dir", str(exported["cnn"]["saved"]), "--all"],
+        # through this interpreter: the console script is not on PATH when pytest runs from a venv's python
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--all", "--dir",
+         str(exported["cnn"]["saved"])],  # fmt: skip
         capture_output=True,
         text=True,
         env=_env(),

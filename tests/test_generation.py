@@ -19,19 +19,18 @@ sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make 
 from _gen_models import PHYSICS_SINGLE, PHYSICS_VOLTAGE, build_model, random_quaternions, save_model  # noqa: E402
 
 import ebsd_keras
-from ebsd_keras import generation
 from ebsd_keras.errors import EBSDInputError
-from ebsd_keras.generation import (
-    VoltageRangeWarning,
+from ebsd_keras.io.emsoft import iter_emebsd, write_angle_file
+from ebsd_keras.orientation import euler_to_quaternion
+from ebsd_keras.serving import generate as generation
+from ebsd_keras.serving.generate import VoltageRangeWarning, generate
+from ebsd_keras.serving.models import (
     default_model_path,
-    generate,
     inspect_model_file,
     load_generator,
     shipped_models,
     trained_voltage_range,
 )
-from ebsd_keras.io.emsoft import iter_emebsd, write_angle_file
-from ebsd_keras.orientation import euler_to_quaternion
 
 EULER = np.array([[2.0944, 0.7854, 1.0472], [0.1, 0.2, 0.3], [4.0, 1.5, 5.5]])
 
@@ -55,7 +54,7 @@ def physics():
 def test_import_is_cheap_and_generate_is_exposed():
     code = (
         "import sys, ebsd_keras; assert 'tensorflow' not in sys.modules and 'kikuchipy' not in sys.modules; "
-        "from ebsd_keras.generation import generate; assert ebsd_keras.generate is generate; "
+        "from ebsd_keras.serving.generate import generate; assert ebsd_keras.generate is generate; "
         "assert 'tensorflow' not in sys.modules; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(_repo()))

@@ -28,3 +28,13 @@ def test_models_import_nothing_above_them():
         if d.startswith(above)
     ]
     assert bad == []
+
+
+def test_nothing_below_evaluation_imports_it():
+    assert _figures()["imports_of_evaluation_from_below"] == []
+
+
+def test_upper_floors_take_no_private_names_from_other_modules():
+    upper = ("ebsd_keras.evaluation", "ebsd_keras.indexing", "ebsd_keras.serving", "ebsd_keras.simulations")
+    rows = [r for r in _figures()["private_names_across_modules"] if r.startswith(upper)]
+    assert rows == []

@@ -63,7 +63,7 @@ def run(args) -> int:
     summary = {}
 
     t0 = time.perf_counter()
-    print("[1/5] building a small Ni 20 kV dataset from the embedded EMsoft master pattern")
+    step(1, "building a small Ni 20 kV dataset from the embedded EMsoft master pattern")
     built = build_dataset(
         out / "dataset",
         n_train=args.density,
@@ -75,7 +75,7 @@ def run(args) -> int:
     summary["dataset_seconds"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    print("[2/5] converting to TFRecords")
+    step(2, "converting to TFRecords")
     write_tfrecords(
         [
             ("train", out / "dataset" / "train.h5"),
@@ -109,16 +109,17 @@ def _generate_and_measure(args, out: Path) -> dict:
     """Steps 3-5: generate the test split with the shipped model, measure fidelity, draw real vs generated."""
     import numpy as np
 
-    from ebsd_keras.evaluation.figures import save_pattern_grid
     from ebsd_keras.evaluation.metrics import pixel_metrics
-    from ebsd_keras.evaluation.report import load_test_set
-    from ebsd_keras.generation import default_model_path, generate, load_generator
+    from ebsd_keras.io.testset import load_test_set
     from ebsd_keras.orientation import quaternion_to_euler
+    from ebsd_keras.serving.generate import euler_label, generate
+    from ebsd_keras.serving.models import default_model_path, describe_model, load_generator, model_identity
+    from ebsd_keras.serving.pattern_grid import save_pattern_grid
 
     test = load_test_set(out / "dataset" / "test.h5", n=None)
     model, info = load_generator(args.model or default_model_path(test.voltage_kv))
     lo, hi = info["voltage_range_kv"]
-    print(f"[3/5] generating the {len(test)} test patterns with {info['path']} (trained for {lo:g}-{hi:g} kV)")
+    step(3, f"generating the {len(test)} test patterns; {describe_model(info)}")
     t0 = time.perf_counter()
     result = generate(
         model,
@@ -132,7 +133,7 @@ def _generate_and_measure(args, out: Path) -> dict:
     truth = test.patterns.astype(np.float64) / 255.0
     generated = result.patterns.astype(np.float64)
 
-    print("[4/5] fidelity against the EMsoft patterns")
+    step(4, "fidelity against the EMsoft patterns")
     _, per = pixel_metrics(truth, generated)
     fidelity = {
         "n": len(test),
@@ -155,7 +156,7 @@ def _generate_and_measure(args, out: Path) -> dict:
             f"{fidelity['true_refined_error_deg_mean']:.4f})"
         )
 
-    print("[5/5] writing a grid of real vs generated patterns")
+    step(5, "writing a grid of real vs generated patterns")
     cols = np.linspace(0, len(test) - 1, min(8, len(test))).astype(int)
     rows = {
         f"EMsoft {test.voltage_kv[cols[0]]:g} kV": truth[cols],
@@ -163,21 +164,38 @@ def _generate_and_measure(args, out: Path) -> dict:
         "10 x (generated - EMsoft)": np.clip(10.0 * (generated[cols] - truth[cols]), -1.0, 1.0),  # visible
     }
     voltage_model, voltages, voltage_path = _voltage_model(model, test.voltage_kv[cols[0]])
-    label = "generated" if voltage_path is None else Path(voltage_path).parent.name  # say which model made them
+    # say which model made the other-voltage rows and from what data (a kinematical model's bands differ)
+    vident = info["identity"] if voltage_path is None else model_identity(voltage_path)
+    kind = "" if vident["data"] == "unknown" else f" ({vident['data']})"
     for kv in voltages:
-        rows[f"{label} {kv:g} kV"] = generate(voltage_model, quaternion=test.quaternion[cols], voltage_kv=kv).patterns
-    euler = np.rad2deg(quaternion_to_euler(test.quaternion[cols]))
-    titles = [f"({e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f})" for e in euler]
-    save_pattern_grid(out / "real_vs_generated.png", rows, titles=titles, diff_rows=("10 x (generated - EMsoft)",))
+        patterns = generate(voltage_model, quaternion=test.quaternion[cols], voltage_kv=kv).patterns
+        rows[f"{vident['name']} {kv:g} kV{kind}"] = patterns
+    titles = [euler_label(e) for e in quaternion_to_euler(test.quaternion[cols])]
+    save_pattern_grid(
+        out / "real_vs_generated.png",
+        rows,
+        titles=titles,
+        diff_rows=("10 x (generated - EMsoft)",),
+        title="Bunge Euler angles (phi1, Phi, phi2) in degrees",
+    )
     return {
-        "model": info["path"],
+        "model": info["identity"],
         "model_voltage_range_kv": [lo, hi],
         "generated_patterns": len(test),
         "generation_seconds": round(seconds, 2),
-        "voltage_model": voltage_path,
+        "voltage_model": None if voltage_path is None else vident,
         "extra_voltages_kv": voltages,
         "fidelity": fidelity,
     }
+
+
+def step(k: int, text: str, total: int = 5) -> None:
+    """A step header on its own line: progress bars (stderr) are flushed first and the header at once, so a bar
+    never runs into the header when both streams go to one terminal."""
+    import sys
+
+    sys.stderr.flush()
+    print(f"[{k}/{total}] {text}", flush=True)
 
 
 def _voltage_model(model, data_kv):
@@ -188,7 +206,7 @@ def _voltage_model(model, data_kv):
     """
     import numpy as np
 
-    from ebsd_keras.generation import load_generator, shipped_models, trained_voltage_range
+    from ebsd_keras.serving.models import load_generator, shipped_models, trained_voltage_range
 
     path = None
     if not model.model_config.use_voltage:
@@ -210,7 +228,7 @@ def _refined_di(model, test, args) -> dict:
     """Dictionary indexing + BOBYQA refinement of a few generated and true patterns (the evaluation's code)."""
     import numpy as np
 
-    from ebsd_keras.evaluation.report import evaluate_generator, model_generator
+    from ebsd_keras.evaluation.run import evaluate_generator, model_generator
 
     rows = np.linspace(0, len(test) - 1, min(args.refine_n, len(test))).astype(int)
     res = evaluate_generator(

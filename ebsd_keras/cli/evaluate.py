@@ -34,7 +34,12 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", type=Path, help="trained model (.keras); not with --true-only")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="trained model (.keras file or model folder); default: the shipped model for the test set's voltages; "
+        "not with --true-only",
+    )
     p.add_argument(
         "--test",
         type=Path,
@@ -111,8 +116,6 @@ def _check_args(args) -> None:
 
     if args.true_only and args.model is not None:
         raise EBSDInputError("--true-only evaluates the test patterns alone: drop --model", None, "--model")
-    if not args.true_only and args.model is None:
-        raise EBSDInputError("give --model MODEL.keras (or --true-only for the true-pattern floor)", None, "--model")
     if args.n < 1:
         raise EBSDInputError(f"--n must be >= 1, got {args.n}", None, "--n")
     if args.kikuchipy_subset < 1:
@@ -124,14 +127,24 @@ def _check_args(args) -> None:
 
 
 def run(args) -> int:
-    from ebsd_keras.evaluation.report import evaluate_generator, load_model, model_generator
+    import sys
+
+    from ebsd_keras.evaluation.run import assume_defaults, evaluate_generator, model_generator
+    from ebsd_keras.io.testset import load_test_set
+    from ebsd_keras.serving.models import describe_model, load_generator
 
     _check_args(args)
+    test = load_test_set(args.test, args.n, args.seed, args.split)
+    chosen = assume_defaults(test, args.model, args.master_pattern, args.preprocessing, need_model=not args.true_only)
+    if chosen["assumed"]:
+        print(f"ebsd-keras evaluate: {chosen['assumed']}", flush=True)
     model = generate_fn = None
     variants = {}
-    label = args.label or ("true patterns" if args.true_only else args.model.stem)
+    label = args.label or "true patterns"
     if not args.true_only:
-        model = load_model(args.model)
+        model, info = load_generator(chosen["model"])
+        print(describe_model(info), flush=True)
+        label = args.label or info["identity"]["name"]
         generate_fn = model_generator(model, sample=False)
         if not args.no_prior_samples:
             variants[f"{label} (prior samples)"] = model_generator(model, sample=True, seed=args.seed)
@@ -140,7 +153,7 @@ def run(args) -> int:
         return 0
     results = evaluate_generator(
         generate_fn,
-        args.test,
+        test,
         n=args.n,
         dictionary_resolution=args.dictionary_resolution,
         refine=not args.no_refine,
@@ -153,12 +166,14 @@ def run(args) -> int:
         refiner=args.refiner,
         trust_region_deg=args.trust_region,
         kikuchipy_subset=args.kikuchipy_subset,
-        master_pattern=args.master_pattern,
-        preprocessing=args.preprocessing,
+        master_pattern=chosen["master_pattern"],
+        preprocessing=chosen["preprocessing"],
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
     _print_summary(results)
+    for warning in results.get("warnings", []):
+        print(f"ebsd-keras evaluate: warning: {warning}", file=sys.stderr)
     print(f"report written to {args.output}")
     if args.voltage:
         _voltage(args, generate_fn, model)

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ebsd_keras.errors import EBSDInputError
-    from ebsd_keras.export import export_saved_model
+    from ebsd_keras.serving.export import export_saved_model
 
     model = args.model
     if args.contrast is None:
@@ -69,8 +69,8 @@ def _switched(args):
 
     from ebsd_keras._atomic import atomic_path
     from ebsd_keras.errors import EBSDInputError
-    from ebsd_keras.generation import load_generator
     from ebsd_keras.models.tools import with_contrast
+    from ebsd_keras.serving.models import load_generator
 
     loaded, _ = load_generator(args.model)
     try:

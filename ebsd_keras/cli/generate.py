@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     src.add_argument("--angles", type=Path, metavar="FILE", help="EMsoft angle file or EMEBSD HDF5 file")
     p.add_argument("--degrees", action="store_true", help="--euler angles are in degrees")
     p.add_argument("--kv", type=float, nargs="+", metavar="KV", help="voltage(s) in kV (one, or one per orientation)")
-    p.add_argument("-m", "--model", type=Path, help="a .keras model (default: the shipped model)")
+    p.add_argument("-m", "--model", type=Path, help="a .keras model or model folder (default: the shipped model)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file: .h5, .hdf5, .npy, .npz or .png")
     p.add_argument("--samples", type=int, metavar="K", help="K prior samples per orientation (default: z = 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior samples (0)")
@@ -67,7 +67,7 @@ def run(args) -> int:
     import sys
     import warnings
 
-    from ebsd_keras.generation import VoltageRangeWarning, generate
+    from ebsd_keras.serving.generate import VoltageRangeWarning, generate
 
     kv = None if args.kv is None else (args.kv[0] if len(args.kv) == 1 else args.kv)
     with warnings.catch_warnings(record=True) as caught:
@@ -93,8 +93,6 @@ def run(args) -> int:
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = result.info
-    print(
-        f"{len(result)} patterns ({info['path']}) from {info['model'] or info['model_name']} in "
-        f"{info['generation_seconds']:.1f} s -> {result.output}"
-    )
+    print(info["model_line"])
+    print(f"{len(result)} patterns ({info['path']}) in {info['generation_seconds']:.1f} s -> {result.output}")
     return 0

@@ -180,13 +180,11 @@ def run(args) -> int:
     from ebsd_keras.checks import check_voltage_kv
     from ebsd_keras.errors import EBSDInputError
     from ebsd_keras.evaluation.metrics import summarize
-    from ebsd_keras.evaluation.refinement import (
-        check_pattern_centres,
-        model_refinement_generator,
-        refine_gradient,
-    )
-    from ebsd_keras.evaluation.report import load_model, load_test_set
+    from ebsd_keras.indexing.generator import model_refinement_generator
+    from ebsd_keras.indexing.refinement import check_pattern_centres, refine_gradient
+    from ebsd_keras.io.testset import load_test_set
     from ebsd_keras.orientation import disorientation
+    from ebsd_keras.serving.models import load_model
 
     _check_args(args)
     data = load_test_set(args.patterns, n=args.n, seed=args.seed)
@@ -207,11 +205,11 @@ def run(args) -> int:
     pc = None
     if args.pc is not None:
         pc = check_pattern_centres(args.pc, len(data), None, "--pc")
-    elif args.refine_pc or getattr(generator, "takes_pc", False):
+    elif args.refine_pc or generator.takes_pc:
         det = (data.metadata or {}).get("detector") or {}
         if "pc" in det:
             pc = check_pattern_centres(det["pc"], len(data), args.patterns, "ebsd_keras/metadata/detector/pc")
-    if not getattr(generator, "takes_pc", False):
+    if not generator.takes_pc:
         if args.pc is not None or args.refine_pc:
             raise EBSDInputError(
                 f"{type(model.decoder).__name__} generates for one fixed detector: it cannot take --pc/--refine-pc",
@@ -225,7 +223,7 @@ def run(args) -> int:
     else:
         import time
 
-        from ebsd_keras.evaluation.indexing import indexer_from_metadata
+        from ebsd_keras.indexing.dictionary import indexer_from_metadata
 
         t0 = time.perf_counter()
         indexer = indexer_from_metadata(

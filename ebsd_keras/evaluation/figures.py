@@ -1,4 +1,7 @@
-"""Figures: pattern grids and histograms, written as PNG atomically (matplotlib, Agg backend)."""
+"""The evaluation report's figures (matplotlib, Agg backend), each written atomically as PNG.
+
+The pattern grid (real / generated / difference) is :func:`ebsd_keras.serving.pattern_grid.save_pattern_grid`.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +9,107 @@ from pathlib import Path
 
 import numpy as np
 
-from ebsd_keras._atomic import atomic_path
-
-__all__ = ["save_pattern_grid"]
+__all__ = ["kde_figure", "pixel_histogram_figure", "bce_figure", "orientation_error_figure", "write_figures"]
 
 
-def _figure(nrows: int, ncols: int, size: float):
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
-    return plt, fig, axes
+    return plt
 
 
-def save_pattern_grid(path, rows: dict, titles=None, size: float = 1.4, diff_rows: tuple = ()) -> Path:
-    """Save a grid of patterns, one labelled row per entry of ``rows``.
+def _save(fig, path: Path) -> None:
+    from ebsd_keras._atomic import atomic_path
 
-    Parameters
-    ----------
-    path
-        Output PNG path (written atomically).
-    rows
-        ``{label: (N, H, W) or (N, H, W, 1) array}`` in [0, 1]; all rows must have the same N.
-    titles
-        Optional N column titles (e.g. Euler angles in degrees).
-    diff_rows
-        Labels of rows that hold signed differences in [-1, 1] (shown with a diverging colour map).
-    """
-    arrays = {k: np.asarray(v, dtype=np.float32).reshape(len(v), *np.shape(v)[1:3]) for k, v in rows.items()}
-    n = {len(v) for v in arrays.values()}
-    if len(n) != 1:
-        raise ValueError(f"all rows need the same number of patterns, got {sorted(n)}")
-    ncols = n.pop()
-    plt, fig, axes = _figure(len(arrays), ncols, size)
-    for r, (label, patterns) in enumerate(arrays.items()):
-        for c in range(ncols):
-            ax = axes[r, c]
-            if label in diff_rows:
-                ax.imshow(patterns[c], cmap="RdBu_r", vmin=-1, vmax=1)
-            else:
-                ax.imshow(patterns[c], cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(label, fontsize=8)
-            if r == 0 and titles is not None:
-                ax.set_title(titles[c], fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    _plt().close(fig)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    """Label the axes, add the legend and save the figure (the common tail of the one-panel figures)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def kde_figure(results: dict, path: Path) -> None:
+    from scipy.stats import gaussian_kde
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    per = results["per_pattern"]
+    names = [k for k in results["pixel"] if k != "true"] or ["true"]
+    xs = np.linspace(0, 1, 400)
+    for name in names:
+        key = f"{name}_within_15pct" if name != "true" else None
+        v = np.asarray(per[key] if key else [results["pixel"]["true"]["within_15pct"]["mean"]], dtype=np.float64)
+        if v.size >= 2 and np.ptp(v) > 1e-9:
+            ax.plot(xs * 100, gaussian_kde(v)(xs) / 100, label=name)
+        else:  # a single value (e.g. 100 % for true patterns): no density to estimate
+            ax.axvline(float(v.mean()) * 100, label=f"{name} (all {100 * v.mean():.1f} %)", color="k", ls="--")
+    _finish(fig, ax, "pixels within 15 % of the truth (%)", "density (per %)", path)
+
+
+def pixel_histogram_figure(results: dict, path: Path) -> None:
+    plt = _plt()
+    h = results["pixel_histogram"]
+    edges = np.asarray(h["bin_edges"])
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key in ("real", "generated"):
+        if key in h:
+            counts = np.asarray(h[key], dtype=np.float64)
+            ax.step(centers, counts / max(counts.sum(), 1), where="mid", label=key)
+    _finish(fig, ax, "pixel value", "fraction of pixels", path)
+
+
+def bce_figure(results: dict, path: Path) -> None:
+    plt = _plt()
+    per, label = results["per_pattern"], results["label"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    series = {"optimal (target entropy)": per["optimal_bce"]}
+    if f"{label}_bce" in per:
+        series[f"{label} BCE"] = per[f"{label}_bce"]
+    allv = np.concatenate([np.asarray(v, dtype=np.float64) for v in series.values()])
+    bins = np.linspace(allv.min(), allv.max() + 1e-9, 40)
+    for name, v in series.items():
+        ax.hist(np.asarray(v, dtype=np.float64), bins=bins, histtype="step", label=name)
+    _finish(fig, ax, "BCE per pattern (nats/pixel)", "patterns", path)
+
+
+def orientation_error_figure(results: dict, path: Path) -> None:
+    plt = _plt()
+    per = results["per_pattern"]
+    names = [k for k in results["indexing"]]
+    kinds = [("di_error_deg", "dictionary indexing")]
+    if any(f"{k}_refined_error_deg" in per for k in names):
+        kinds.append(("refined_error_deg", "refined"))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.2), squeeze=False)
+    for ax, (kind, title) in zip(axes[0], kinds, strict=True):
+        vals = {k: np.asarray(per[f"{k}_{kind}"], dtype=np.float64) for k in names if f"{k}_{kind}" in per}
+        allv = np.concatenate(list(vals.values()))
+        hi = max(float(np.percentile(allv, 99)), 1e-3)
+        bins = np.linspace(0, hi, 40)
+        for k, v in vals.items():
+            ax.hist(np.clip(v, 0, hi), bins=bins, histtype="step", label=f"{k} (mean {v.mean():.3f}°)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("disorientation to the input orientation (°)")
+        ax.set_ylabel("patterns")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_figures(results: dict, out_dir: Path) -> None:
+    """Every histogram figure of a report (JSON-ready ``results``) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    kde_figure(results, out_dir / "pixel_fraction_kde.png")
+    pixel_histogram_figure(results, out_dir / "pixel_histogram.png")
+    bce_figure(results, out_dir / "bce_histogram.png")
+    orientation_error_figure(results, out_dir / "orientation_error_histogram.png")

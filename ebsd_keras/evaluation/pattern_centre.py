@@ -8,7 +8,7 @@ rescale to uint8, then CLAHE), the model generates the same orientations at the 
 with the paper's metrics (NCC, BCE gap to the optimum, % pixels within 15 %) and by refined dictionary indexing
 (DI against a dictionary projected at that PC, then BOBYQA) of both the generated and the true patterns -- the
 true patterns giving the floor. Optionally the PC itself is refined through the generator from a wrong start
-(:func:`~ebsd_keras.evaluation.refinement.refine_gradient` with ``refine_pc=True, refine_orientation=False``).
+(:func:`~ebsd_keras.indexing.refinement.refine_gradient` with ``refine_pc=True, refine_orientation=False``).
 
 Units: PC Bruker fractions, angles degrees, BCE nats per pixel.
 """
@@ -123,7 +123,7 @@ def evaluate_pattern_centres(
         Run DI + BOBYQA of generated and true patterns (the slow part: one dictionary projection per PC).
     refine_pc_offset
         An error (3,) added to each true PC as the start of a PC calibration through the model: the PC of the true
-        patterns (orientations known) is refined by :func:`~ebsd_keras.evaluation.refinement.refine_gradient`
+        patterns (orientations known) is refined by :func:`~ebsd_keras.indexing.refinement.refine_gradient`
         (``refine_pc=True, refine_orientation=False``) and its error reported. Local refinement: keep the offset
         within about a pixel (0.01 of the width on 60 px); at 0.03 the NCC with the truth is ~0 (no basin).
     progress
@@ -138,12 +138,10 @@ def evaluate_pattern_centres(
     from ebsd_keras.data.preprocess import CLAHEConfig
     from ebsd_keras.data.simulate import load_master_pattern
     from ebsd_keras.evaluation.metrics import disorientation_stats, pixel_metrics, summarize
+    from ebsd_keras.indexing.generator import takes_pattern_centre
 
-    takes_pc = getattr(model, "takes_pattern_centre", None)
     decoder = getattr(model, "decoder", model)
-    if takes_pc is None:
-        takes_pc = hasattr(decoder, "master_pattern")
-    if not takes_pc:
+    if not takes_pattern_centre(model):
         raise EBSDInputError(
             f"the {type(decoder).__name__} generates for one fixed detector; it cannot be evaluated at other pattern "
             "centres",
@@ -164,7 +162,7 @@ def evaluate_pattern_centres(
     q = random_quaternions(n, seed)
     generator = None
     if refine_pc_offset is not None:
-        from ebsd_keras.evaluation.refinement import model_refinement_generator
+        from ebsd_keras.indexing.generator import model_refinement_generator
 
         generator = model_refinement_generator(model)  # one generator: its compiled steps serve every PC
     rows = []
@@ -177,7 +175,7 @@ def evaluate_pattern_centres(
         stats, _ = pixel_metrics(truth.astype(np.float64) / 255.0, gen)
         row = {"pc": list(pc), **{k: stats[k] for k in ("ncc", "bce_gap", "within_15pct")}}
         if refine:
-            from ebsd_keras.evaluation.indexing import Indexer
+            from ebsd_keras.indexing.dictionary import Indexer
 
             idx = Indexer(mp, det, energy_kv, clahe_config, resolution_deg=dictionary_resolution_deg,
                           progress=progress)  # fmt: skip
@@ -190,7 +188,7 @@ def evaluate_pattern_centres(
             row["true_di_error_deg"] = disorientation_stats(q, q_di[n:])[1]
             row["true_refined_error_deg"] = disorientation_stats(qq[n:], r.quaternion[n:])[1]
         if refine_pc_offset is not None:
-            from ebsd_keras.evaluation.refinement import refine_gradient
+            from ebsd_keras.indexing.refinement import refine_gradient
 
             start = np.asarray(pc) + np.asarray(refine_pc_offset, dtype=np.float64)
             res = refine_gradient(

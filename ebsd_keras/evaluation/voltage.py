@@ -215,7 +215,7 @@ def band_width_curve(
     Parameters
     ----------
     test_sets
-        :class:`~ebsd_keras.evaluation.report.TestSet` objects (e.g. the seen- and the unseen-voltage test sets).
+        :class:`~ebsd_keras.io.testset.TestSet` objects (e.g. the seen- and the unseen-voltage test sets).
     generate_fn
         ``fn(quaternion (B, 4), voltage_kv (B,)) -> (B, H, W)`` in [0, 1], or ``None`` for true patterns only.
     raw_generate_fn
@@ -282,7 +282,7 @@ def band_width_curve(
 def _master_at(metadata: dict, kv: float, path=None):
     """A master pattern of the test set's own kind at ``kv`` (kinematical ones are simulated at any voltage)."""
     from ebsd_keras.data.simulate import kinematical_master_pattern
-    from ebsd_keras.evaluation.indexing import master_pattern_from_metadata
+    from ebsd_keras.indexing.dictionary import master_pattern_from_metadata
 
     entries = ((metadata or {}).get("source") or {}).get("per_voltage") or []
     kinds = {e.get("kind") for e in entries}
@@ -306,7 +306,7 @@ def wrong_voltage_table(
     Parameters
     ----------
     test_set
-        :class:`~ebsd_keras.evaluation.report.TestSet` (its voltages are the rows).
+        :class:`~ebsd_keras.io.testset.TestSet` (its voltages are the rows).
     generate_fn
         Model generator (see :func:`band_width_curve`), or ``None`` for true patterns only.
     dictionary_voltages
@@ -323,8 +323,8 @@ def wrong_voltage_table(
         "n_per_voltage", "resolution_deg", "diagonal_is_minimum": {set: bool}}`` (degrees).
     """
     from ebsd_keras.data.preprocess import CLAHEConfig
-    from ebsd_keras.evaluation.indexing import Indexer
     from ebsd_keras.evaluation.metrics import disorientation_stats
+    from ebsd_keras.indexing.dictionary import Indexer
 
     rows_kv = [float(v) for v in np.unique(np.round(test_set.voltage_kv, 3))]
     cols_kv = rows_kv if dictionary_voltages is None else [float(v) for v in dictionary_voltages]
@@ -526,7 +526,7 @@ def evaluate_voltage(
     generate_fn
         Model generator or ``None`` (true patterns only).
     test_sources
-        Test sources accepted by :func:`ebsd_keras.evaluation.report.load_test_set` (the first gives the table).
+        Test sources accepted by :func:`ebsd_keras.io.testset.load_test_set` (the first gives the table).
     out_dir
         Directory for ``voltage.json``, ``voltage.md``, ``wrong_voltage_table.png``, ``band_width_vs_kv.png``.
     n_per_voltage
@@ -535,7 +535,7 @@ def evaluate_voltage(
         The model's raw projections (:func:`raw_model_generator`): band widths are then measured on raw
         intensities (see :func:`band_width_curve`).
     """
-    from ebsd_keras.evaluation.report import load_test_set
+    from ebsd_keras.io.testset import load_test_set
 
     sources = [test_sources] if isinstance(test_sources, (str, Path)) else list(test_sources)
     out_dir = Path(out_dir)

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-__all__ = ["CLAHE", "clahe_tf"]
+__all__ = ["CLAHE", "clahe_tf", "ClahePlan", "clahe_exact", "clahe_soft_cdf", "clahe_blend"]
 
 _HIST = 256
 _register = keras.saving.register_keras_serializable(package="ebsd_keras")
@@ -94,20 +94,20 @@ def clahe_tf(images, clip_limit: float = 10.0, tiles=(4, 4), differentiable: boo
         raise ValueError(f"expected (B, H, W) or (B, H, W, 1) images, got shape {tuple(x.shape)}")
     if gradient not in ("histogram", "lut"):
         raise ValueError(f"gradient must be 'histogram' or 'lut', got {gradient!r}")
-    plan = _Plan(int(x.shape[1]), int(x.shape[2]), tiles, clip_limit)
+    plan = ClahePlan(int(x.shape[1]), int(x.shape[2]), tiles, clip_limit)
     x = ops.clip(x, 0.0, 255.0)
     levels = ops.cast(ops.round(ops.stop_gradient(x)), "int32")  # (B, H, W) exact grey levels
-    exact, lut = _exact(levels, plan)
+    exact, lut = clahe_exact(levels, plan)
     if differentiable:
         if gradient == "histogram":
-            soft = _blend(_soft_cdf(x, plan), x, plan)
+            soft = clahe_blend(clahe_soft_cdf(x, plan), x, plan)
         else:
-            soft = _blend(ops.stop_gradient(lut), x, plan)
+            soft = clahe_blend(ops.stop_gradient(lut), x, plan)
         exact = exact + (soft - ops.stop_gradient(soft))  # exactly 0 forward: the value stays exact
     return exact[..., None] if squeeze_channel else exact
 
 
-class _Plan:
+class ClahePlan:
     """Static sizes of one CLAHE call: tiles, padding (OpenCV's rule), tile area, integer clip limit, weights."""
 
     def __init__(self, h: int, w: int, tiles, clip_limit: float):
@@ -151,7 +151,7 @@ class _Plan:
         return (ty[:, None] * self.tx + tx[None, :]).astype(np.int32) * _HIST
 
 
-def _exact(levels, plan: _Plan):
+def clahe_exact(levels, plan: ClahePlan):
     """OpenCV's CLAHE of int32 levels (B, H, W): (output float32 (B, H, W), LUTs float32 (B, T, 256))."""
     tf = _tf()
     tiled = plan.tiles_of(levels)
@@ -183,7 +183,7 @@ def _exact(levels, plan: _Plan):
     return tf.stop_gradient(out), tf.stop_gradient(lut)
 
 
-def _soft_cdf(x, plan: _Plan):
+def clahe_soft_cdf(x, plan: ClahePlan):
     """Smooth per-tile LUTs (B, T, 256) from real-valued x: linear binning, soft clip, even redistribution."""
     tf = _tf()
     tiled = plan.tiles_of(x)
@@ -197,7 +197,7 @@ def _soft_cdf(x, plan: _Plan):
     return tf.cumsum(hist, axis=-1) * plan.lut_scale
 
 
-def _blend(lut, x, plan: _Plan):
+def clahe_blend(lut, x, plan: ClahePlan):
     """Bilinear blend of the four neighbouring tiles' LUTs, each linearly interpolated at real-valued x."""
     tf = _tf()
     flat = tf.reshape(lut, (-1,))

@@ -603,6 +603,8 @@ class PhysicsDecoder(BaseDecoder):
     (B, H, W, 1).
     """
 
+    accepts_pattern_centre = True  # projects with a detector: generates at any pattern centre
+
     def __init__(self, config=None, seed: int | None = None, **kwargs):
         kwargs.setdefault("name", "decoder")
         super().__init__(config, seed=seed, **kwargs)

@@ -25,6 +25,11 @@ from ebsd_keras.simulations.projection import lambert_grid_directions, resample_
 __all__ = ["master_pattern_hemispheres", "export_master_pattern", "texture_ncc", "with_contrast"]
 
 
+def _decoder_of(model):
+    """The physics decoder itself, given the decoder or a CVAEGAN holding it."""
+    return model if isinstance(getattr(model, "master_pattern", None), MasterPatternTexture) else model.decoder
+
+
 def _physics_layer(decoder) -> MasterPatternTexture:
     layer = getattr(decoder, "master_pattern", None)
     if not isinstance(layer, MasterPatternTexture):
@@ -54,7 +59,7 @@ def master_pattern_hemispheres(decoder, energy_kv=None):
     """
     layer = _physics_layer(decoder)
     north, south = layer.hemispheres()
-    bands = getattr(decoder if hasattr(decoder, "master_pattern") else decoder.decoder, "bands", None)
+    bands = getattr(_decoder_of(decoder), "bands", None)
     if bands is not None:
         return _band_hemispheres(decoder, bands, north, south, energy_kv)
     if layer.channels == 1:
@@ -69,7 +74,7 @@ def master_pattern_hemispheres(decoder, energy_kv=None):
 
 def _band_hemispheres(decoder, bands, north, south, energy_kv):
     """Hemispheres of a "bands" voltage model: the band profiles on the Lambert grid (+ the texture)."""
-    cfg = _config_of(decoder if hasattr(decoder, "master_pattern") else decoder.decoder)
+    cfg = _config_of(_decoder_of(decoder))
     energies = np.asarray(cfg.physics_voltage_knots_kv if energy_kv is None else [float(energy_kv)], dtype=np.float32)
     layer = _physics_layer(decoder)
     v = lambert_grid_directions(layer.npx)
@@ -117,7 +122,7 @@ def export_master_pattern(decoder, path, energy_kv=None, crystal=None, overwrite
     from ebsd_keras import __version__
     from ebsd_keras.io.emsoft import NICKEL_CRYSTAL
 
-    decoder = decoder if hasattr(decoder, "master_pattern") else decoder.decoder
+    decoder = _decoder_of(decoder)
     cfg = _config_of(decoder)
     north, south, energies = master_pattern_hemispheres(decoder, energy_kv)
     crystal = dict(NICKEL_CRYSTAL if crystal is None else crystal)
@@ -205,7 +210,7 @@ def texture_ncc(decoder, master_pattern_path, energy_kv: float | None = None, ra
             "EMData/EBSDmaster/EkeVs",
         )
     layer = _physics_layer(decoder)
-    dec = decoder if hasattr(decoder, "master_pattern") else decoder.decoder
+    dec = _decoder_of(decoder)
     north, south, _ = master_pattern_hemispheres(dec, energy_kv=float(e[k]) if layer.channels > 1 else None)
     ref_n = resample_lambert(ref.north[k], layer.npx)
     ref_s = resample_lambert(ref.south[k], layer.npx)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ebsd_keras.data.build import build_dataset
-from ebsd_keras.evaluation.indexing import indexer_from_metadata
-from ebsd_keras.evaluation.report import load_test_set
+from ebsd_keras.indexing.dictionary import indexer_from_metadata
+from ebsd_keras.io.testset import load_test_set
 
 #: Dictionary resolution of the tests, degrees.
 RESOLUTION_DEG = 3.0

@@ -8,14 +8,14 @@ from orix.sampling import get_sample_fundamental
 
 from ebsd_keras.data.preprocess import CLAHEConfig
 from ebsd_keras.errors import EBSDInputError
-from ebsd_keras.evaluation.indexing import (
+from ebsd_keras.evaluation.metrics import ncc
+from ebsd_keras.indexing.dictionary import (
     Indexer,
     clahe_from_metadata,
     dictionary_orientations,
     indexer_from_metadata,
     master_pattern_from_metadata,
 )
-from ebsd_keras.evaluation.metrics import ncc
 from ebsd_keras.orientation import disorientation
 
 from .conftest import N_TEST, RESOLUTION_DEG
@@ -138,7 +138,7 @@ def test_provenance_readers(test_set):
 def test_master_pattern_of_an_ebsdsim_dataset_is_simulated_again(monkeypatch):
     """ebsdsim master patterns are not stored: evaluation reruns the build's simulation with the recorded size."""
     import ebsd_keras.data.simulate as simulate
-    from ebsd_keras.evaluation.indexing import master_pattern_from_metadata
+    from ebsd_keras.indexing.dictionary import master_pattern_from_metadata
 
     calls = []
     monkeypatch.setattr(simulate, "ebsdsim_master_pattern", lambda kv, half_size: calls.append((kv, half_size)) or "mp")

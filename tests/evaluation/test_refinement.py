@@ -5,13 +5,8 @@ import numpy as np
 import pytest
 
 from ebsd_keras.errors import EBSDInputError
-from ebsd_keras.evaluation.refinement import (
-    check_pattern_centres,
-    master_pattern_generator,
-    model_refinement_generator,
-    refine_bobyqa_generator,
-    refine_gradient,
-)
+from ebsd_keras.indexing.generator import master_pattern_generator, model_refinement_generator
+from ebsd_keras.indexing.refinement import check_pattern_centres, refine_bobyqa_generator, refine_gradient
 from ebsd_keras.orientation import disorientation, quaternion_multiply
 from ebsd_keras.simulations.geometry import DetectorGeometry
 
@@ -19,12 +14,12 @@ N = 6
 
 
 def _perturb(q, angle_deg, seed=0):
-    from ebsd_keras.evaluation.indexing import _rotvec_to_quaternion
+    from ebsd_keras.indexing.dictionary import rotvec_to_quaternion
 
     rng = np.random.default_rng(seed)
     axis = rng.normal(size=(len(q), 3))
     axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    return quaternion_multiply(_rotvec_to_quaternion(axis * np.radians(angle_deg)), q)
+    return quaternion_multiply(rotvec_to_quaternion(axis * np.radians(angle_deg)), q)
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +89,13 @@ def test_difference_jacobian_of_the_smooth_map_matches_the_surrogate(generator, 
 
     import tensorflow as tf
 
-    from ebsd_keras.evaluation.indexing import _normalized_rows
-    from ebsd_keras.evaluation.refinement import _steps_for
+    from ebsd_keras.indexing.dictionary import normalized_rows
+    from ebsd_keras.indexing.refinement import _steps_for
 
     pats, q = patterns
     start = _perturb(q, 0.3, seed=4)
     x = tf.zeros((N, 3))
-    args = (tf.constant(start, tf.float32), tf.zeros((N, 3)), tf.constant(_normalized_rows(pats)))
+    args = (tf.constant(start, tf.float32), tf.zeros((N, 3)), tf.constant(normalized_rows(pats)))
     steps = _steps_for(generator, 3, False, False)
     f_jvp, g_jvp, h_jvp = steps.jacobian_terms(x, *args)
     f_fd, g_fd, h_fd = steps.difference_terms(x, *args, tf.constant([math.radians(0.02)] * 3))

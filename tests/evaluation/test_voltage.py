@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ebsd_keras.data.build import build_dataset
-from ebsd_keras.evaluation.report import load_test_set, true_pattern_generator
+from ebsd_keras.evaluation.run import true_pattern_generator
 from ebsd_keras.evaluation.voltage import (
     band_profile_widths,
     band_width_curve,
@@ -14,6 +14,7 @@ from ebsd_keras.evaluation.voltage import (
     save_voltage_figures,
     wrong_voltage_table,
 )
+from ebsd_keras.io.testset import load_test_set
 from ebsd_keras.simulations.physics import bragg_angle_rad
 
 
@@ -45,8 +46,8 @@ def _ideal_bands(q, kv, families, blur_deg=0.0):
     from scipy.special import erfc
 
     from ebsd_keras.evaluation.voltage import _geometry
-    from ebsd_keras.simulations.physics import cubic_plane_normals
     from ebsd_keras.simulations.geometry import direction_cosines
+    from ebsd_keras.simulations.physics import cubic_plane_normals
     from ebsd_keras.simulations.projection import quaternion_to_matrix
 
     rot = np.asarray(quaternion_to_matrix(np.asarray(q, np.float64)))

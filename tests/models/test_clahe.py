@@ -97,14 +97,14 @@ def test_surrogate_gradient_keeps_the_exact_forward_value(gradient):
 
 
 def test_histogram_gradient_matches_finite_differences_of_the_smooth_clahe():
-    from ebsd_keras.models.clahe import _blend, _Plan, _soft_cdf
+    from ebsd_keras.models.clahe import ClahePlan, clahe_blend, clahe_soft_cdf
 
     rng = np.random.default_rng(3)
     x = _images(n=2, seed=3).astype(np.float32)[:2] * 0.6 + 40.3
-    plan = _Plan(60, 60, (4, 4), 10.0)
+    plan = ClahePlan(60, 60, (4, 4), 10.0)
     u = tf.constant(rng.normal(size=x.shape).astype(np.float32))
     d = tf.constant(rng.normal(size=x.shape).astype(np.float32))
-    smooth = lambda z: tf.reduce_sum(_blend(_soft_cdf(z, plan), z, plan) * u)  # noqa: E731
+    smooth = lambda z: tf.reduce_sum(clahe_blend(clahe_soft_cdf(z, plan), z, plan) * u)  # noqa: E731
     a = tf.Variable(0.0)
     with tf.GradientTape() as tape:
         value = smooth(x + a * d)

@@ -13,15 +13,18 @@ import pytest
 
 from ebsd_keras.cli import main
 from ebsd_keras.errors import EBSDInputError
-from ebsd_keras.evaluation.report import (
+from ebsd_keras.evaluation.markdown import report_markdown
+from ebsd_keras.evaluation.run import (
+    FLOOR_WARNING_DEG,
     PAPER_TABLE1,
     evaluate_generator,
-    load_model,
-    load_test_set,
+    floor_warnings,
     model_generator,
     true_pattern_generator,
     write_report,
 )
+from ebsd_keras.io.testset import load_test_set
+from ebsd_keras.serving.models import load_model
 
 from .conftest import N_TEST
 
@@ -91,8 +94,10 @@ def test_report_files(true_report):
     )
     assert len(doc["per_pattern"]["true_refined_error_deg"]) == N_TEST
     md = (out / "report.md").read_text()
-    for text in ("0.541", "0.503", "0.650° ± 0.257°", "0.142° ± 0.061°", "true patterns (floor)", "later issue"):
+    for text in ("0.541", "0.503", "0.650° ± 0.257°", "0.142° ± 0.061°", "true patterns (floor)"):
         assert text in md
+    assert "issue" not in md.lower() and "## Warnings" not in md  # a good floor: no warning
+    assert doc["warnings"] == []
     # a report can be rewritten from its own JSON (no pattern grid then), and never over an existing one by default
     with pytest.raises(FileExistsError):
         write_report(doc, out)
@@ -246,8 +251,8 @@ def test_cli_model(dataset_dir, tiny_model_path, tmp_path):
     [
         (["--true-only", "--test", "{missing}"], "no such file"),
         (["--true-only", "--model", "{model}", "--test", "{data}"], "--true-only"),
-        (["--test", "{data}"], "--model"),
-        (["--model", "{garbage}", "--test", "{data}"], "cannot be loaded"),
+        (["--model", "{folder}", "--test", "{data}"], "model folder needs one .keras model file"),
+        (["--model", "{garbage}", "--test", "{data}"], "not a Keras .keras archive"),
         (["--true-only", "--test", "{data}", "--n", "0"], "--n"),
         (["--true-only", "--test", "{data}", "--dictionary-resolution", "0.01"], "resolution"),
         (["--true-only", "--test", "{garbage}"], "HDF5"),
@@ -256,10 +261,52 @@ def test_cli_model(dataset_dir, tiny_model_path, tmp_path):
 def test_cli_bad_input_exits_2(extra, message, dataset_dir, tiny_model_path, tmp_path, capsys):
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(b"not a model")
+    (tmp_path / "folder").mkdir()
     fill = dict(missing=tmp_path / "nope.h5", model=tiny_model_path, data=dataset_dir, garbage=garbage)
+    fill["folder"] = tmp_path / "folder"
     out = tmp_path / "out"
     args = ["evaluate", *[a.format(**fill) for a in extra], "-o", str(out), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "ebsd-keras evaluate: error:" in err and message in err, err
     assert not out.exists()
+
+
+def test_a_coarse_dictionary_floor_is_warned_about_in_the_report(true_report):
+    """A true-pattern floor of 7.3 deg +- 18.3 deg (a dictionary far too coarse) warns; a good floor does not."""
+    good = {"di_error_deg": {"mean": 0.9, "std": 0.3}, "refined_error_deg": {"mean": 0.01, "std": 0.01}}
+    assert floor_warnings(good, "2 deg") == []
+    coarse = {"di_error_deg": {"mean": 9.0, "std": 20.0}, "refined_error_deg": {"mean": 7.3, "std": 18.3}}
+    (warning,) = floor_warnings(coarse, "training density (cubochoric N = 8)")
+    assert "7.30 deg" in warning and "too coarse" in warning and "--dictionary-resolution" in warning
+    assert floor_warnings({"di_error_deg": {"mean": FLOOR_WARNING_DEG + 0.5, "std": 1.0}})  # DI only: still checked
+    doc = json.loads((true_report[1] / "report.json").read_text())
+    md = report_markdown({**doc, "warnings": [warning]})
+    assert md.index("## Warnings") < md.index("too coarse") < md.index("| metric")
+
+
+def test_a_users_emsoft_file_gets_the_shipped_model_and_the_embedded_master_pattern(tmp_path):
+    """No provenance, Ni crystal, 20 kV: the shipped 20 kV model, the embedded EMsoft master pattern and CLAHE are
+    assumed, and said in one line; another crystal keeps its own (missing) master pattern."""
+    import h5py
+
+    from ebsd_keras.data.simulate import embedded_master_pattern_path
+    from ebsd_keras.evaluation.run import assume_defaults
+    from ebsd_keras.io.testset import TestSet
+
+    def user_file(name, space_group, a):
+        path = tmp_path / name
+        with h5py.File(path, "w") as f:
+            f["CrystalData/SpaceGroupNumber"] = np.array([space_group], np.int32)
+            f["CrystalData/LatticeParameters"] = np.array([a, a, a, 90, 90, 90], np.float64)
+        ts = TestSet(np.zeros((2, 60, 60), np.uint8), np.tile([1.0, 0, 0, 0], (2, 1)), np.full(2, 20.0),
+                     np.arange(2), {}, {"path": str(path), "format": "emsoft-h5"})  # fmt: skip
+        return ts
+
+    chosen = assume_defaults(user_file("ni.h5", 225, 0.35236))
+    assert chosen["model"].parent.name == "ni20-physics"
+    assert chosen["master_pattern"] == embedded_master_pattern_path() and chosen["preprocessing"] == "clahe"
+    line = chosen["assumed"]
+    assert "\n" not in line and "ni20-physics" in line and "embedded EMsoft Ni 20 kV" in line and "CLAHE" in line
+    other = assume_defaults(user_file("al.h5", 225, 0.405), model="given.keras", preprocessing="none")
+    assert other == {"model": "given.keras", "master_pattern": None, "preprocessing": "none", "assumed": None}

@@ -28,7 +28,6 @@ REST bodies: :func:`rest_request` builds ``{"instances": [...]}`` (row) or ``{"i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -49,7 +48,7 @@ __all__ = [
 
 SIGNATURES = ("serving_default", "with_latent", "from_euler")
 METADATA_FILE = "assets.extra/ebsd_keras.json"
-_UNIT_TOLERANCE = 1e-5  # ebsd_keras.generation.UNIT_TOLERANCE (not imported: keep this module light)
+_UNIT_TOLERANCE = 1e-5  # ebsd_keras.serving.generate.UNIT_TOLERANCE (not imported: keep this module light)
 _TWO_PI_TOL = 2 * math.pi + 1e-4
 
 
@@ -147,14 +146,6 @@ def _graph_functions(decoder, use_voltage: bool, latent_dim: int, image_shape):
     }
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_saved_model(model, out_dir, version: int | None = None, overwrite: bool = False) -> Path:
     """Export a model's decoder as a SavedModel in TF Serving's ``OUT/VERSION/`` layout, atomically.
 
@@ -186,7 +177,7 @@ def export_saved_model(model, out_dir, version: int | None = None, overwrite: bo
 
     from ebsd_keras import __version__
     from ebsd_keras._atomic import atomic_dir
-    from ebsd_keras.generation import load_generator
+    from ebsd_keras.serving.models import file_sha256, load_generator
 
     if version is not None and (isinstance(version, bool) or int(version) != version or version < 1):
         raise EBSDInputError(f"version must be a positive integer, got {version!r}", out_dir, "version")
@@ -206,7 +197,7 @@ def export_saved_model(model, out_dir, version: int | None = None, overwrite: bo
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "source_model": info["path"],
-        "source_sha256": _sha256(info["path"]) if info["path"] else None,
+        "source_sha256": file_sha256(info["path"]) if info["path"] else None,
         "model_config": cfg.to_dict(),
         "use_voltage": bool(cfg.use_voltage),
         "trained_voltage_kv": list(info["voltage_range_kv"]),

@@ -88,7 +88,7 @@ class RefineResult:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _positive_scalar(q: np.ndarray) -> np.ndarray:
+def positive_scalar(q: np.ndarray) -> np.ndarray:
     q = np.ascontiguousarray(np.asarray(q, dtype=np.float64).reshape(-1, 4))
     return np.where(q[:, :1] < 0, -q, q)
 
@@ -135,7 +135,7 @@ def dictionary_orientations(resolution_deg: float | None = None, semi_edge_steps
                 "semi_edge_steps",
             )
         rot = get_sample_fundamental(point_group=symmetry.Oh, method="cubochoric", semi_edge_steps=int(steps))
-    return _positive_scalar(rot.data)
+    return positive_scalar(rot.data)
 
 
 def _steps_resolution_deg(semi_edge_steps: int) -> float:
@@ -144,7 +144,7 @@ def _steps_resolution_deg(semi_edge_steps: int) -> float:
     return 131.97049 / int(semi_edge_steps) + 0.03732
 
 
-def _normalized_rows(patterns, dtype=np.float32) -> np.ndarray:
+def normalized_rows(patterns, dtype=np.float32) -> np.ndarray:
     """(N, H*W) zero-mean unit-norm rows (constant patterns stay zero): NCC becomes a dot product."""
     x = np.asarray(patterns).reshape(len(patterns), -1).astype(dtype, copy=True)
     flat = np.ptp(x, axis=1) == 0
@@ -162,7 +162,7 @@ def _inverse_centred_norms(patterns) -> np.ndarray:
     return np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 1e-9).astype(np.float32)
 
 
-def _as_pattern_stack(patterns, shape, what: str = "patterns") -> np.ndarray:
+def as_pattern_stack(patterns, shape, what: str = "patterns") -> np.ndarray:
     a = np.asarray(patterns)
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
@@ -179,7 +179,7 @@ def _as_pattern_stack(patterns, shape, what: str = "patterns") -> np.ndarray:
     return a
 
 
-def _rotvec_to_quaternion(v: np.ndarray) -> np.ndarray:
+def rotvec_to_quaternion(v: np.ndarray) -> np.ndarray:
     """Unit quaternion of a rotation vector (radians), (..., 3) -> (..., 4)."""
     v = np.asarray(v, dtype=np.float64)
     angle = np.linalg.norm(v, axis=-1, keepdims=True)
@@ -289,7 +289,7 @@ def bobyqa_lockstep(project, q0, targets, width, bound, step, xtol_deg, max_eval
 
                 def objective(v, grad, i=i, best=best):
                     best["n"] += 1
-                    q = quaternion_multiply(_rotvec_to_quaternion(v), q0[i])
+                    q = quaternion_multiply(rotvec_to_quaternion(v), q0[i])
                     f = float(step_batch.evaluate(slot, q) @ targets[i])
                     if f > best["f"]:
                         best["f"], best["v"] = f, np.array(v, dtype=np.float64)
@@ -304,7 +304,7 @@ def bobyqa_lockstep(project, q0, targets, width, bound, step, xtol_deg, max_eval
                 opt.set_maxeval(int(max_evaluations))
                 with contextlib.suppress(nlopt.RoundoffLimited):
                     opt.optimize(np.zeros(3))
-                q = quaternion_multiply(_rotvec_to_quaternion(best["v"]), q0[i])
+                q = quaternion_multiply(rotvec_to_quaternion(best["v"]), q0[i])
                 q_out[i] = np.where(q[:1] < 0, -q, q)
                 scores[i] = best["f"]
                 evals[i] = best["n"]
@@ -568,8 +568,8 @@ class Indexer:
         scores : numpy.ndarray
             (N,) their NCC.
         """
-        pats = _as_pattern_stack(patterns, self.shape)
-        exp = _normalized_rows(pats)  # (N, P) float32
+        pats = as_pattern_stack(patterns, self.shape)
+        exp = normalized_rows(pats)  # (N, P) float32
         best = np.full(len(exp), -np.inf, dtype=np.float32)
         best_idx = np.zeros(len(exp), dtype=np.int64)
         t0 = time.perf_counter()
@@ -594,7 +594,7 @@ class Indexer:
         from orix.crystal_map import CrystalMap, PhaseList
         from orix.quaternion import Rotation
 
-        pats = _as_pattern_stack(patterns, self.shape).astype(np.float32)
+        pats = as_pattern_stack(patterns, self.shape).astype(np.float32)
         dic = self.dictionary_patterns().astype(np.float32)
         rot = Rotation(self.dictionary_quaternions).flatten()
         dxmap = CrystalMap(rotations=rot, phase_list=PhaseList(self.master_pattern.phase), x=np.arange(rot.size))
@@ -605,7 +605,7 @@ class Indexer:
             xmap = exp.dictionary_indexing(dictionary, metric="ncc", keep_n=1, n_per_iteration=self.batch_size)
         q = np.asarray(xmap.rotations.data).reshape(len(pats), -1, 4)[:, 0]  # (n, k) when keep_n >= 2
         scores = np.asarray(xmap.prop["scores"]).reshape(len(pats), -1)[:, 0]
-        return _positive_scalar(q), scores.astype(np.float64)
+        return positive_scalar(q), scores.astype(np.float64)
 
     # -- refinement ----------------------------------------------------------------------------------------------
     def default_trust_region_deg(self) -> float:
@@ -655,7 +655,7 @@ class Indexer:
         import nlopt
         from tqdm.auto import tqdm
 
-        pats = _as_pattern_stack(patterns, self.shape)
+        pats = as_pattern_stack(patterns, self.shape)
         q0 = normalize_quaternions(q_start)
         if len(q0) != len(pats):
             raise EBSDInputError(f"{len(pats)} patterns but {len(q0)} start orientations", None, "q_start")
@@ -664,13 +664,13 @@ class Indexer:
             raise EBSDInputError(f"trust region must be within (0, 20] degrees, got {tr}", None, "trust_region")
         bound = math.radians(tr)
         step = min(math.radians(initial_step_deg), 0.5 * bound)
-        targets = _normalized_rows(pats, dtype=np.float64)
+        targets = normalized_rows(pats, dtype=np.float64)
         n = len(pats)
         width = max(1, min(int(workers), n))
         fn = self._keras_fn("float64")
 
         def project(qs):
-            return _normalized_rows(self.preprocess(np.asarray(fn(qs))), dtype=np.float64)
+            return normalized_rows(self.preprocess(np.asarray(fn(qs))), dtype=np.float64)
 
         t0 = time.perf_counter()
         bar = tqdm(total=n, unit="pattern", desc=desc, disable=not self.progress, dynamic_ncols=True)
@@ -735,7 +735,7 @@ class Indexer:
         from orix.crystal_map import CrystalMap, PhaseList
         from orix.quaternion import Rotation
 
-        pats = _as_pattern_stack(patterns, self.shape).astype(np.float32)
+        pats = as_pattern_stack(patterns, self.shape).astype(np.float32)
         q0 = normalize_quaternions(q_start)
         if len(q0) != len(pats):
             raise EBSDInputError(f"{len(pats)} patterns but {len(q0)} start orientations", None, "q_start")
@@ -758,7 +758,7 @@ class Indexer:
                 compute=True,
             )
         seconds = time.perf_counter() - t0
-        q = _positive_scalar(out.rotations.data)
+        q = positive_scalar(out.rotations.data)
         evals = np.asarray(out.prop.get("num_evals", np.zeros(len(q))), dtype=np.int64).reshape(-1)
         return RefineResult(
             quaternion=q,

@@ -2,7 +2,7 @@
 
 The refined orientation of a pattern maximises the normalised cross-correlation (NCC) between the pattern and the
 generator's pattern at that orientation -- the objective of :meth:`Indexer.refine_bobyqa
-<ebsd_keras.evaluation.indexing.Indexer.refine_bobyqa>` -- but is found by derivatives through the generator
+<ebsd_keras.indexing.dictionary.Indexer.refine_bobyqa>` -- but is found by derivatives through the generator
 instead of derivative-free search, for a whole batch of patterns at once.
 
 Parametrisation (the same as BOBYQA's): ``q = exp(v) * q_start`` with ``v`` a rotation vector (radians), a chart
@@ -40,10 +40,11 @@ step is capped (``max_step_deg``) and the perturbation stays in the trust region
 Method "adam": plain Adam ascent of the NCC on the same parameters (per-pattern, element-wise moments), for
 comparison.
 
-Generators are callables ``fn(q, pc) -> (B, H, W)`` tensors in [0, 1] built from ``keras.ops`` / TensorFlow ops:
-:func:`model_refinement_generator` (a trained CVAEGAN or decoder; the physics decoder runs with its CLAHE surrogate
-gradient, ``differentiable=True``; a CNN decoder is differentiable as it is) and :func:`master_pattern_generator`
-(a master pattern projected by the differentiable Lambert projector, then the dataset's per-pattern rescale and
+Generators are :class:`~ebsd_keras.indexing.generator.Generator` objects, ``gen(q, pc) -> (B, H, W)`` tensors in
+[0, 1] built from ``keras.ops`` / TensorFlow ops: ``model_refinement_generator`` (a trained CVAEGAN or decoder;
+the physics decoder runs with its CLAHE surrogate gradient, ``differentiable=True``; a CNN decoder is
+differentiable as it is) and ``master_pattern_generator`` (a master pattern projected by the differentiable
+Lambert projector, then the dataset's per-pattern rescale and
 OpenCV-exact CLAHE in the graph: the same objective as BOBYQA against the true master pattern). The exact CLAHE
 output is piecewise constant (integer grey levels); the surrogate supplies the derivative, while the residual and
 NCC are always computed from the exact forward value.
@@ -57,33 +58,35 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
 from ebsd_keras.errors import EBSDInputError
-from ebsd_keras.evaluation.indexing import (
+from ebsd_keras.indexing.dictionary import (
     DEFAULT_TRUST_REGION_DEG,
     RefineResult,
-    _as_pattern_stack,
-    _normalized_rows,
-    _positive_scalar,
-    _rotvec_to_quaternion,
+    as_pattern_stack,
     bobyqa_lockstep,
+    normalized_rows,
+    positive_scalar,
+    rotvec_to_quaternion,
 )
+from ebsd_keras.indexing.generator import Generator
 from ebsd_keras.orientation import hamilton_terms, normalize_quaternions, quaternion_multiply
 
 __all__ = [
     "METHODS",
     "GradientRefineResult",
-    "model_refinement_generator",
-    "master_pattern_generator",
+    "GradientSettings",
     "refine_gradient",
     "refine_bobyqa_generator",
     "check_pattern_centres",
 ]
 
 #: Optimisers of :func:`refine_gradient`.
-METHODS = ("gauss-newton-fd", "gauss-newton", "adam")
+Method = Literal["gauss-newton-fd", "gauss-newton", "adam"]
+METHODS: tuple[str, ...] = get_args(Method)
 #: "gauss-newton-fd": a pattern's first iterations, whose step is divided by NCC^3 (the far phase; measured: 2
 #: as fast as every iteration and no less accurate)
 _SCALED_STEPS = 2
@@ -94,7 +97,7 @@ _PC_TOL = 1e-5
 
 @dataclass
 class GradientRefineResult(RefineResult):
-    """:class:`~ebsd_keras.evaluation.indexing.RefineResult` plus the refined pattern centres.
+    """:class:`~ebsd_keras.indexing.dictionary.RefineResult` plus the refined pattern centres.
 
     Attributes
     ----------
@@ -112,248 +115,6 @@ class GradientRefineResult(RefineResult):
 # ----------------------------------------------------------------------------------------------------------------
 # Generators
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class ClaheStages:
-    """A generator split at its CLAHE, for finite differences of a smooth map (see :func:`refine_gradient`).
-
-    Parameters
-    ----------
-    pre
-        ``pre(q, pc) -> (B, H, W)`` grey levels in [0, 255] before CLAHE (real-valued, not yet rounded).
-    post
-        ``post(c) -> (B, H, W)`` the generator's output from CLAHE'd grey levels ``c`` in [0, 255].
-    clip_limit, tiles
-        The CLAHE (OpenCV ``clipLimit`` and (rows, columns)); ``clip_limit=None``: no CLAHE, only the 8-bit
-        rounding.
-    shape
-        (H, W) of the patterns.
-    """
-
-    def __init__(self, pre, post, clip_limit, tiles, shape):
-        from ebsd_keras.models.clahe import _Plan
-
-        self.pre, self.post = pre, post
-        self.plan = None if clip_limit is None else _Plan(int(shape[0]), int(shape[1]), tiles, clip_limit)
-
-    def exact(self, grey):
-        """Exact CLAHE of grey levels (B, H, W) and the tile LUTs: (output (B, H, W), LUTs) (no CLAHE: rounding)."""
-        import tensorflow as tf
-
-        from ebsd_keras.models.clahe import _exact
-
-        if self.plan is None:
-            return tf.round(grey), tf.zeros((tf.shape(grey)[0], 1, 1), tf.float32)
-        return _exact(tf.cast(tf.round(grey), tf.int32), self.plan)
-
-    def smooth(self, grey, lut, copies: int):
-        """The smooth map of grey levels (copies * B, H, W) through the LUTs of B patterns, no rounding."""
-        import tensorflow as tf
-
-        from ebsd_keras.models.clahe import _blend
-
-        if self.plan is None:
-            return grey
-        return _blend(tf.tile(lut, [copies, 1, 1]), grey, self.plan)
-
-
-def model_refinement_generator(
-    model, differentiable: bool = True, voltage_kv: float | None = None, clahe_gradient: str | None = "lut"
-):
-    """A refinement generator from a trained model: the deterministic path (z = 0).
-
-    Parameters
-    ----------
-    model
-        A CVAEGAN (``.decoder``) or a decoder (``generate`` / ``call({"z", "quaternion", ...})``).
-    differentiable
-        For the physics decoder: switch on its CLAHE surrogate gradient (``call(..., differentiable=True)``).
-        False gives the exact forward value only (faster; for derivative-free refiners).
-    voltage_kv
-        Accelerating voltage (kV) for voltage models (one value for every pattern).
-    clahe_gradient
-        For a physics decoder with in-graph CLAHE: the CLAHE surrogate gradient to refine with, "lut" (each tile's
-        LUT held fixed: about 2.5x cheaper per gradient than "histogram", and what refinement needs: the band
-        positions, not the equalisation's response to global intensity changes) or "histogram"; None: the model's
-        own (``physics_clahe_gradient``). The forward value is the same either way.
-
-    Returns
-    -------
-    callable
-        ``fn(q (B, 4), pc (B, 3) or None) -> (B, H, W)`` float32 probabilities. A pattern centre is only accepted by
-        decoders that project with one (the physics decoder); others raise ``EBSDInputError``.
-    """
-    from keras import ops
-
-    decoder = getattr(model, "decoder", model)
-    cfg = decoder.model_config
-    if cfg.use_voltage and voltage_kv is None:
-        raise EBSDInputError("this model uses the accelerating voltage: give voltage_kv (kV)", None, "voltage_kv")
-    takes_pc = bool(getattr(decoder, "accepts_pattern_centre", False)) or hasattr(decoder, "master_pattern")
-    is_physics = hasattr(decoder, "master_pattern")
-
-    # the physics decoder's "clahe" contrast (projection, rescale, CLAHE, logits): run here, split at the CLAHE
-    clahe_path = (
-        is_physics and getattr(decoder, "contrast", None) == "clahe" and getattr(decoder, "head_out", None) is None
-    )
-    own_contrast = clahe_gradient is None or not clahe_path
-
-    def inputs_of(q, pc):
-        batch = ops.shape(q)[0]
-        inputs = {"z": ops.zeros((batch, cfg.latent_dim), dtype="float32"), "quaternion": q}
-        if cfg.use_voltage:
-            inputs["voltage_kv"] = ops.full((batch,), float(voltage_kv), dtype="float32")
-        if pc is not None:
-            if not takes_pc:
-                raise EBSDInputError(
-                    f"the {type(decoder).__name__} has a fixed detector and cannot generate at other pattern centres",
-                    None,
-                    "pc",
-                )
-            inputs["pc"] = pc
-        return inputs
-
-    def fn(q, pc=None):
-        inputs = inputs_of(q, pc)
-        if not own_contrast:
-            return _physics_clahe_probabilities(decoder, inputs, differentiable, clahe_gradient)
-        if is_physics:
-            logits = decoder(inputs, training=False, differentiable=differentiable)
-        else:
-            logits = decoder(inputs, training=False)
-        return ops.sigmoid(logits)[..., 0]
-
-    fn.takes_pc = takes_pc
-    fn.image_shape = tuple(cfg.image_shape)
-    fn.default_pc = tuple(cfg.physics_detector_pc) if is_physics else None
-    fn.stages = _physics_stages(decoder, inputs_of) if clahe_path else None
-    return fn
-
-
-def _physics_stages(decoder, inputs_of) -> ClaheStages:
-    """The physics decoder's clahe path as :class:`ClaheStages`: rescaled projection | CLAHE | logits + residual."""
-    from keras import ops
-
-    from ebsd_keras.models.physics import PROB_EPS, minmax_unit
-
-    cfg = decoder.model_config
-
-    def pre(q, pc):
-        return minmax_unit(decoder.project(inputs_of(q, pc))) * 255.0
-
-    def post(c):
-        # sigmoid(logit_eps(p) + r) with the z = 0 residual r the same for every pattern: (p + eps) e^r / ((p + eps)
-        # e^r + 1 - p + eps), one exp per pixel instead of log, log and sigmoid per pattern pixel (as generate())
-        p = c / 255.0
-        odds = ops.exp(decoder.residual_logits(ops.zeros((1, cfg.latent_dim), dtype="float32"))[..., 0])
-        num = (p + PROB_EPS) * odds
-        return num / (num + (1.0 - p + PROB_EPS))
-
-    return ClaheStages(pre, post, cfg.physics_clahe_clip_limit, cfg.physics_clahe_tiles, cfg.image_shape)
-
-
-def _physics_clahe_probabilities(decoder, inputs, differentiable: bool, gradient: str):
-    """The physics decoder's "clahe" contrast path (projection, min-max rescale, CLAHE, logits + latent residual)
-    with another CLAHE surrogate gradient; the same forward value as ``sigmoid(decoder(inputs))``."""
-    from keras import ops
-
-    from ebsd_keras.models.clahe import clahe_tf
-    from ebsd_keras.models.physics import PROB_EPS, minmax_unit
-
-    cfg = decoder.model_config
-    unit = minmax_unit(decoder.project(inputs))
-    p = (
-        clahe_tf(
-            unit * 255.0,
-            cfg.physics_clahe_clip_limit,
-            cfg.physics_clahe_tiles,
-            differentiable=differentiable,
-            gradient=gradient,
-        )
-        / 255.0
-    )
-    if getattr(decoder, "residual_hidden", None) is None:
-        return (p + PROB_EPS) / (1.0 + 2.0 * PROB_EPS)  # sigmoid(logit_eps(p))
-    # sigmoid(logit_eps(p) + r) as odds: one exp of the residual instead of log, log and sigmoid per pixel
-    num = (p + PROB_EPS) * ops.exp(decoder.residual_logits(inputs["z"])[..., 0])
-    return num / (num + (1.0 - p + PROB_EPS))
-
-
-def master_pattern_generator(
-    master_pattern, geometry, clahe_config="default", differentiable: bool = True, clahe_gradient: str = "lut"
-):
-    """A refinement generator that projects a master pattern and preprocesses it like the dataset, in the graph.
-
-    Parameters
-    ----------
-    master_pattern
-        kikuchipy ``EBSDMasterPattern`` (square Lambert, both hemispheres) or a pair (north, south) of (S, S)
-        arrays.
-    geometry
-        :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` (or its dict): shape, tilts, default PC.
-    clahe_config
-        :class:`~ebsd_keras.data.preprocess.CLAHEConfig`, "default" (clip 10, 4 x 4) or None (rescale only).
-    differentiable
-        Add CLAHE's surrogate gradient (see :func:`ebsd_keras.models.clahe.clahe_tf`).
-    clahe_gradient
-        The surrogate: "lut" (each tile's LUT held fixed; default, cheaper) or "histogram" (smooth CLAHE).
-
-    Returns
-    -------
-    callable
-        ``fn(q (B, 4), pc (B, 3) or None) -> (B, H, W)`` float32 in [0, 1]: per-pattern min-max rescale to
-        [0, 255], rounding to integers and CLAHE -- :meth:`Indexer.preprocess
-        <ebsd_keras.evaluation.indexing.Indexer.preprocess>` of the projection, to within float32 rounding.
-    """
-    from keras import ops
-
-    from ebsd_keras.data.preprocess import CLAHEConfig
-    from ebsd_keras.models.clahe import clahe_tf
-    from ebsd_keras.models.physics import minmax_unit
-    from ebsd_keras.simulations.geometry import DetectorGeometry
-    from ebsd_keras.simulations.projection import LambertProjector
-
-    if isinstance(geometry, dict):
-        geometry = DetectorGeometry.from_dict(geometry)
-    if clahe_config == "default":
-        clahe_config = CLAHEConfig()
-    if isinstance(master_pattern, (tuple, list)):
-        north, south = (np.asarray(h, dtype=np.float32) for h in master_pattern)
-    else:
-        data = np.asarray(master_pattern.data, dtype=np.float32)
-        if data.ndim != 3 or data.shape[0] != 2:
-            raise EBSDInputError(
-                f"expected a two-hemisphere square-Lambert master pattern (2, S, S), got {data.shape}",
-                None,
-                "master_pattern",
-            )
-        north, south = data[0], data[1]
-    projector = LambertProjector(geometry, npx=(north.shape[-1] - 1) // 2)
-    north_t, south_t = ops.convert_to_tensor(north), ops.convert_to_tensor(south)
-
-    def pre(q, pc):  # grey levels in [0, 255], before rounding and CLAHE
-        return minmax_unit(projector(north_t, south_t, ops.cast(q, "float32"), pc=pc)) * 255.0
-
-    def fn(q, pc=None):
-        grey = pre(q, pc)
-        if clahe_config is None:
-            rounded = ops.round(grey)  # the dataset's uint8 rounding; straight-through gradient
-            return (grey + ops.stop_gradient(rounded - grey)) / 255.0
-        out = clahe_tf(
-            grey,
-            clahe_config.clip_limit,
-            clahe_config.tiles,
-            differentiable=differentiable,
-            gradient=clahe_gradient,
-        )
-        return out / 255.0
-
-    fn.takes_pc = True
-    fn.image_shape = tuple(geometry.shape)
-    fn.default_pc = tuple(geometry.pc)
-    clip, tiles = (None, None) if clahe_config is None else (clahe_config.clip_limit, clahe_config.tiles)
-    fn.stages = ClaheStages(pre, lambda c: c / 255.0, clip, tiles, geometry.shape)
-    return fn
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -388,16 +149,20 @@ def check_pattern_centres(pc, n: int, path=None, field_name: str = "pc") -> np.n
 
 
 def _check_common(generator, patterns, q_start, pc_start, refine_pc):
-    shape = getattr(generator, "image_shape", None)
-    pats = _as_pattern_stack(patterns, shape if shape is not None else np.shape(patterns)[-2:])
+    if not isinstance(generator, Generator):
+        raise TypeError(
+            f"expected an ebsd_keras.indexing.generator.Generator, got {type(generator).__name__} "
+            "(wrap a function as Generator(fn, takes_pc=..., image_shape=...))"
+        )
+    pats = as_pattern_stack(patterns, generator.image_shape)
     q0 = normalize_quaternions(q_start)
     if len(q0) != len(pats):
         raise EBSDInputError(f"{len(pats)} patterns but {len(q0)} start orientations", None, "q_start")
-    if (pc_start is not None or refine_pc) and not getattr(generator, "takes_pc", False):
+    if (pc_start is not None or refine_pc) and not generator.takes_pc:
         raise EBSDInputError("this generator has a fixed detector: it cannot take or refine a pattern centre", None,
                              "pc")  # fmt: skip
     if pc_start is None and refine_pc:
-        default = getattr(generator, "default_pc", None)
+        default = generator.default_pc
         if default is None:
             raise EBSDInputError("give a start pattern centre to refine it", None, "pc")
         pc_start = default
@@ -461,7 +226,7 @@ class _Steps:
                 total = tf.reduce_sum(half_sq)
             return 1.0 - half_sq, tape.gradient(total, x)
 
-        stages = getattr(generator, "stages", None)
+        stages = generator.stages
         self.stages = stages
 
         def points(x, q0, pc0, h):
@@ -579,13 +344,7 @@ class _Steps:
 
 def _steps_for(generator, n_params: int, use_pc: bool, jit: bool) -> _Steps:
     """The compiled steps of a generator, kept on it: XLA compiles once per batch shape, not once per call."""
-    cache = getattr(generator, "_refinement_steps", None)
-    if cache is None:
-        cache = {}
-        try:
-            generator._refinement_steps = cache
-        except AttributeError:  # a callable that takes no attributes: compile per call
-            pass
+    cache = generator.compiled
     key = (n_params, use_pc, jit)
     if key not in cache:
         cache[key] = _Steps(generator, n_params, use_pc, jit)
@@ -604,51 +363,13 @@ def _cap_norm(step: np.ndarray, cap: float) -> np.ndarray:
     return step * np.minimum(1.0, cap / np.maximum(norm, 1e-30))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Gradient refinement
-# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GradientSettings:
+    """Settings of :func:`refine_gradient` (validated on construction; defaults that depend on ``method`` are
+    resolved by the properties ``iterations``, ``step_cap_deg``, ``tolerance_deg`` and ``slots``).
 
-
-def refine_gradient(
-    generator,
-    patterns,
-    q_start,
-    *,
-    pc_start=None,
-    refine_pc: bool = False,
-    refine_orientation: bool = True,
-    method: str = "gauss-newton-fd",
-    max_iterations: int | None = None,
-    hessian_every: int | None = None,
-    damping: float = 1e-3,
-    max_step_deg: float | None = None,
-    max_pc_step: float = 0.005,
-    tol_deg: float | None = None,
-    trust_region_deg: float = DEFAULT_TRUST_REGION_DEG,
-    pc_trust_region: float = 0.05,
-    learning_rate_deg: float = 0.05,
-    fd_step_deg: float = 0.05,
-    fd_pc_step: float = 1e-4,
-    fd_iterations: int = 2,
-    fd_fraction: float = 1 / 3,
-    batch_size: int | None = None,
-    jit: bool = True,
-    progress: bool = False,
-) -> GradientRefineResult:
-    """Refine orientations (and optionally pattern centres) by maximising the NCC through a generator.
-
-    Parameters
+    Attributes
     ----------
-    generator
-        ``fn(q (B, 4), pc (B, 3) or None) -> (B, H, W)`` tensors (:func:`model_refinement_generator`,
-        :func:`master_pattern_generator`, or your own built from TensorFlow / keras.ops).
-    patterns
-        (N, H, W) target patterns (uint8 or float; NCC ignores offset and scale).
-    q_start
-        (N, 4) start orientations (e.g. dictionary indexing results).
-    pc_start
-        (3,) or (N, 3) Bruker pattern centres to generate at; None: the generator's own detector (or its default
-        PC when ``refine_pc``).
     refine_pc
         Also refine the pattern centre, per pattern.
     refine_orientation
@@ -687,6 +408,107 @@ def refine_gradient(
         caches, and slots are refilled as patterns converge; 256 otherwise, the last batch padded).
     jit
         XLA-compile the steps.
+
+    Raises
+    ------
+    EBSDInputError
+        An unknown method, a trust region outside (0, 20] degrees, nothing to refine, bad fd / batch settings.
+    """
+
+    refine_pc: bool = False
+    refine_orientation: bool = True
+    method: Method = "gauss-newton-fd"
+    max_iterations: int | None = None
+    hessian_every: int | None = None
+    damping: float = 1e-3
+    max_step_deg: float | None = None
+    max_pc_step: float = 0.005
+    tol_deg: float | None = None
+    trust_region_deg: float = DEFAULT_TRUST_REGION_DEG
+    pc_trust_region: float = 0.05
+    learning_rate_deg: float = 0.05
+    fd_step_deg: float = 0.05
+    fd_pc_step: float = 1e-4
+    fd_iterations: int = 2
+    fd_fraction: float = 1 / 3
+    batch_size: int | None = None
+    jit: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise EBSDInputError(f"method must be one of {METHODS}, got {self.method!r}", None, "method")
+        if not 0 < float(self.trust_region_deg) <= 20:
+            raise EBSDInputError(
+                f"trust region must be within (0, 20] degrees, got {self.trust_region_deg}", None, "trust_region"
+            )
+        if not self.refine_orientation and not self.refine_pc:
+            raise EBSDInputError("nothing to refine: refine_orientation=False needs refine_pc=True", None, "refine_pc")
+        if int(self.fd_iterations) < 1 or not 0 < float(self.fd_fraction) <= 1:
+            raise EBSDInputError(
+                f"need fd_iterations >= 1 and 0 < fd_fraction <= 1, got {self.fd_iterations}, {self.fd_fraction}",
+                None,
+                "fd_iterations",
+            )
+        if int(self.slots) < 1 or (self.hessian_every is not None and int(self.hessian_every) < 1):
+            raise EBSDInputError("batch_size and hessian_every must be >= 1", None, "batch_size")
+
+    @property
+    def _fd(self) -> bool:
+        return self.method == "gauss-newton-fd"
+
+    @property
+    def iterations(self) -> int:
+        """Iterations per pattern at most (the method's default when ``max_iterations`` is None)."""
+        return int(self.max_iterations) if self.max_iterations is not None else _DEFAULT_ITERATIONS[self.method]
+
+    @property
+    def step_cap_deg(self) -> float:
+        """Largest rotation step per iteration, degrees."""
+        return (2.0 if self._fd else 0.5) if self.max_step_deg is None else float(self.max_step_deg)
+
+    @property
+    def tolerance_deg(self) -> float:
+        """Rotation step below which a pattern stops, degrees."""
+        return (1e-3 if self._fd else 2e-4) if self.tol_deg is None else float(self.tol_deg)
+
+    @property
+    def slots(self) -> int:
+        """Patterns optimised together."""
+        return (64 if self._fd else 256) if self.batch_size is None else int(self.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gradient refinement
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def refine_gradient(
+    generator,
+    patterns,
+    q_start,
+    settings: GradientSettings | None = None,
+    *,
+    pc_start=None,
+    progress: bool = False,
+    **keywords,
+) -> GradientRefineResult:
+    """Refine orientations (and optionally pattern centres) by maximising the NCC through a generator.
+
+    Parameters
+    ----------
+    generator
+        A :class:`~ebsd_keras.indexing.generator.Generator` (``model_refinement_generator``,
+        ``master_pattern_generator``, or your own function built from TensorFlow / keras.ops, wrapped in one).
+    patterns
+        (N, H, W) target patterns (uint8 or float; NCC ignores offset and scale).
+    q_start
+        (N, 4) start orientations (e.g. dictionary indexing results).
+    pc_start
+        (3,) or (N, 3) Bruker pattern centres to generate at; None: the generator's own detector (or its default
+        PC when ``refine_pc``).
+    settings
+        :class:`GradientSettings` (method, iterations, steps, trust regions, batch size); or give its fields as
+        keywords (``refine_gradient(gen, patterns, q, method="adam", refine_pc=True)``).
     progress
         Show a tqdm bar over batches.
 
@@ -701,25 +523,22 @@ def refine_gradient(
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    if method not in METHODS:
-        raise EBSDInputError(f"method must be one of {METHODS}, got {method!r}", None, "method")
-    if not 0 < float(trust_region_deg) <= 20:
-        raise EBSDInputError(f"trust region must be within (0, 20] degrees, got {trust_region_deg}", None,
-                             "trust_region")  # fmt: skip
-    if not refine_orientation and not refine_pc:
-        raise EBSDInputError("nothing to refine: refine_orientation=False needs refine_pc=True", None, "refine_pc")
+    if settings is not None and keywords:
+        raise TypeError("give GradientSettings or keywords, not both")
+    st = settings if settings is not None else GradientSettings(**keywords)
+    method, refine_pc, refine_orientation = st.method, st.refine_pc, st.refine_orientation
+    hessian_every, damping, max_pc_step = st.hessian_every, st.damping, st.max_pc_step
+    trust_region_deg, pc_trust_region, learning_rate_deg = st.trust_region_deg, st.pc_trust_region, st.learning_rate_deg
+    fd_step_deg, fd_pc_step, fd_iterations, fd_fraction = (
+        st.fd_step_deg,
+        st.fd_pc_step,
+        st.fd_iterations,
+        st.fd_fraction,
+    )
+    max_step_deg, tol_deg, batch_size, iters, jit = st.step_cap_deg, st.tolerance_deg, st.slots, st.iterations, st.jit
     fd = method == "gauss-newton-fd"
-    max_step_deg = (2.0 if fd else 0.5) if max_step_deg is None else max_step_deg
-    tol_deg = (1e-3 if fd else 2e-4) if tol_deg is None else tol_deg
-    batch_size = (64 if fd else 256) if batch_size is None else batch_size
-    if int(fd_iterations) < 1 or not 0 < float(fd_fraction) <= 1:
-        raise EBSDInputError(f"need fd_iterations >= 1 and 0 < fd_fraction <= 1, got {fd_iterations}, {fd_fraction}",
-                             None, "fd_iterations")  # fmt: skip
-    if int(batch_size) < 1 or (hessian_every is not None and int(hessian_every) < 1):
-        raise EBSDInputError("batch_size and hessian_every must be >= 1", None, "batch_size")
     pats, q0_all, pc0_all = _check_common(generator, patterns, q_start, pc_start, refine_pc)
     n = len(pats)
-    iters = int(max_iterations) if max_iterations is not None else _DEFAULT_ITERATIONS[method]
     use_pc = pc0_all is not None
     p = 6 if refine_pc else 3
     steps = _steps_for(generator, p, use_pc, jit)
@@ -728,14 +547,14 @@ def refine_gradient(
     if refine_pc:
         bound[3:] = pc_trust_region
     tol = math.radians(tol_deg)
-    targets = _normalized_rows(pats, dtype=np.float32)
+    targets = normalized_rows(pats, dtype=np.float32)
     b = max(1, min(int(batch_size), n))
     q_out = np.zeros((n, 4))
     pc_out = None if not use_pc else pc0_all.copy()
     scores = np.zeros(n)
     n_iter = np.zeros(n, dtype=np.int64)
     evals = np.zeros(n, dtype=np.int64)
-    staged = getattr(generator, "stages", None) is not None
+    staged = generator.stages is not None
     t0 = time.perf_counter()
     free = np.ones(p, dtype=bool)
     free[:3] = refine_orientation
@@ -747,7 +566,7 @@ def refine_gradient(
         best_x, scores, n_iter, evals = _gauss_newton_fd(
             steps, q0_all, pc0_all, targets, b, p, iters, damping, cap, bound, tol, free, h, progress, broyden
         )
-        q_out = _positive_scalar(quaternion_multiply(_rotvec_to_quaternion(best_x[:, :3]), q0_all))
+        q_out = positive_scalar(quaternion_multiply(rotvec_to_quaternion(best_x[:, :3]), q0_all))
         if refine_pc:
             pc_out = pc0_all + best_x[:, 3:]
     starts = () if fd else range(0, n, b)
@@ -762,8 +581,8 @@ def refine_gradient(
             steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, cap, bound, tol, learning_rate_deg, free
         )
         k = len(rows)
-        dq = _rotvec_to_quaternion(best_x[:k, :3])
-        q_out[rows] = _positive_scalar(quaternion_multiply(dq, q0_all[rows]))
+        dq = rotvec_to_quaternion(best_x[:k, :3])
+        q_out[rows] = positive_scalar(quaternion_multiply(dq, q0_all[rows]))
         if refine_pc:
             pc_out[rows] = pc0_all[rows] + best_x[:k, 3:]
         scores[rows] = best_f[:k]
@@ -1038,7 +857,7 @@ def refine_bobyqa_generator(
     """nlopt ``LN_BOBYQA`` on the NCC with a generator's patterns (what :meth:`Indexer.refine_bobyqa` does with the
     true master pattern), ``workers`` patterns in lock-step so that each generator call is one batch.
 
-    Parameters are as in :meth:`~ebsd_keras.evaluation.indexing.Indexer.refine_bobyqa`; ``generator`` as in
+    Parameters are as in :meth:`~ebsd_keras.indexing.dictionary.Indexer.refine_bobyqa`; ``generator`` as in
     :func:`refine_gradient` (build it with ``differentiable=False``: no gradient is needed).
 
     Returns
@@ -1052,7 +871,7 @@ def refine_bobyqa_generator(
     n = len(pats)
     bound = math.radians(float(trust_region_deg))
     step = min(math.radians(initial_step_deg), 0.5 * bound)
-    targets = _normalized_rows(pats, dtype=np.float64)
+    targets = normalized_rows(pats, dtype=np.float64)
     width = max(1, min(int(workers), n))
     pc_fixed = None if pc0 is None else tf.constant(pc0[:1].repeat(width, 0), tf.float32)
     if pc0 is not None and not np.allclose(pc0, pc0[:1]):
@@ -1060,7 +879,7 @@ def refine_bobyqa_generator(
     compiled = tf.function(lambda q: generator(q, pc_fixed), jit_compile=jit)
 
     def project(qs):
-        return _normalized_rows(np.asarray(compiled(tf.constant(qs, tf.float32))), dtype=np.float64)
+        return normalized_rows(np.asarray(compiled(tf.constant(qs, tf.float32))), dtype=np.float64)
 
     t0 = time.perf_counter()
     q_out, scores, evals = bobyqa_lockstep(project, q0, targets, width, bound, step, xtol_deg, max_evaluations)

@@ -28,245 +28,49 @@ Only numpy is imported with this module; TensorFlow and Keras are imported when 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.serving.models import (
+    SINGLE_VOLTAGE_DEFAULT_KV,
+    default_model_path,
+    describe_model,
+    inspect_model_file,
+    load_generator,
+)
 
 __all__ = [
     "OUTPUT_SUFFIXES",
-    "DEFAULT_MODEL_NAME",
+    "WRITERS",
+    "GenerationRequest",
     "GenerationResult",
     "Orientations",
+    "PatternWriter",
     "VoltageRangeWarning",
     "generate",
-    "load_generator",
-    "inspect_model_file",
-    "trained_voltage_range",
-    "shipped_models",
-    "default_model_path",
     "read_orientations",
     "unit_quaternions",
+    "to_uint8",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Output kinds by file suffix.
-OUTPUT_SUFFIXES = {".h5": "h5", ".hdf5": "h5", ".npy": "npy", ".npz": "npz", ".png": "png"}
-#: The shipped model trained on the embedded EMsoft Ni 20 kV master pattern (first among equal candidates).
-DEFAULT_MODEL_NAME = "ni20-physics"
-#: Voltage of a single-voltage model whose card does not say otherwise: the embedded EMsoft Ni master pattern's.
-SINGLE_VOLTAGE_DEFAULT_KV = 20.0
 #: Quaternions within this of unit length are passed on bit for bit (the models normalise them again), so the
 #: Keras model and its SavedModel see identical float32 inputs.
 UNIT_TOLERANCE = 1e-5
 #: More patterns than this cannot go into one PNG grid.
 PNG_MAX_PATTERNS = 1024
-_MODEL_CARD = "model_card.json"
 
 
 class VoltageRangeWarning(UserWarning):
     """A requested voltage lies outside the model's trained range (the patterns are extrapolations)."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _models_dir() -> Path:
-    """``saved_models/`` of the source tree (or ``$EBSD_KERAS_MODELS``)."""
-    env = os.environ.get("EBSD_KERAS_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "saved_models"
-
-
-def inspect_model_file(path) -> dict:
-    """Read a ``.keras`` archive's model config without TensorFlow, checking that it is an ebsd_keras CVAEGAN.
-
-    Parameters
-    ----------
-    path
-        A ``.keras`` file.
-
-    Returns
-    -------
-    dict
-        ``model_config`` (the :class:`~ebsd_keras.models.presets.ModelConfig` dict), ``class_name``,
-        ``card`` (the folder's ``model_card.json``, or {}).
-
-    Raises
-    ------
-    FileNotFoundError
-        When the file does not exist.
-    EBSDInputError
-        When it is not a Keras archive, or holds some other model (field "model").
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with zipfile.ZipFile(path) as z:
-            config = json.loads(z.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise EBSDInputError(
-            f"not a Keras .keras archive with a config.json ({type(exc).__name__}: {exc})", path, "model"
-        ) from None
-    registered = str(config.get("registered_name") or "")
-    if not isinstance(config, dict) or registered != "ebsd_keras>CVAEGAN":
-        name = config.get("class_name") if isinstance(config, dict) else type(config).__name__
-        raise EBSDInputError(
-            f"holds a {name!r} model, not an ebsd_keras CVAEGAN (registered name 'ebsd_keras>CVAEGAN')", path, "model"
-        )
-    model_config = (config.get("config") or {}).get("config")
-    if not isinstance(model_config, dict):
-        raise EBSDInputError("the CVAEGAN config has no ModelConfig", path, "config.json/config/config")
-    return {"model_config": model_config, "class_name": config.get("class_name"), "card": _read_card(path)}
-
-
-def _read_card(model_path: Path) -> dict:
-    card = Path(model_path).parent / _MODEL_CARD
-    if not card.is_file():
-        return {}
-    try:
-        data = json.loads(card.read_text())
-    except ValueError as exc:
-        raise EBSDInputError(f"not valid JSON: {exc}", card, None) from None
-    return data if isinstance(data, dict) else {}
-
-
-def trained_voltage_range(model_config, card: dict | None = None) -> tuple[float, float]:
-    """The voltages (kV) a model was trained for, as (low, high); low == high for a single-voltage model.
-
-    Parameters
-    ----------
-    model_config
-        :class:`~ebsd_keras.models.presets.ModelConfig` or its dict.
-    card
-        The model card dict; its ``trained_voltage_kv`` ([low, high] or one number) wins when present.
-
-    Returns
-    -------
-    tuple of float
-        From, in order: the card; a physics voltage model's master-pattern knots (it clamps outside them); a CNN
-        voltage model's ``voltage_norm_kv`` centre +- scale; 20 kV for single-voltage models (the embedded EMsoft
-        Ni master pattern, the package's only single-voltage source).
-    """
-    cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
-    recorded = (card or {}).get("trained_voltage_kv")
-    if recorded is not None:
-        values = [float(v) for v in np.atleast_1d(recorded)]
-        return (min(values), max(values))
-    if not cfg.get("use_voltage"):
-        return (SINGLE_VOLTAGE_DEFAULT_KV, SINGLE_VOLTAGE_DEFAULT_KV)
-    if cfg.get("decoder") == "physics":
-        knots = [float(k) for k in cfg.get("physics_voltage_knots_kv", (20.0,))]
-        return (min(knots), max(knots))
-    center, scale = (float(v) for v in cfg.get("voltage_norm_kv", (20.0, 10.0)))
-    return (center - scale, center + scale)
-
-
-def shipped_models() -> list[dict]:
-    """The models under ``saved_models/*/model.keras`` (read without TensorFlow).
-
-    Returns
-    -------
-    list of dict
-        ``name``, ``path``, ``use_voltage``, ``voltage_range_kv``, sorted with ``ni20-physics`` first, then
-        voltage-aware models, then by name. Folders that do not hold an ebsd_keras model are skipped.
-    """
-    out = []
-    root = _models_dir()
-    for path in sorted(root.glob("*/model.keras")) if root.is_dir() else []:
-        try:
-            info = inspect_model_file(path)
-        except EBSDInputError as exc:
-            logger.debug("skipping %s: %s", path, exc)
-            continue
-        cfg = info["model_config"]
-        out.append(
-            {
-                "name": path.parent.name,
-                "path": path,
-                "use_voltage": bool(cfg.get("use_voltage")),
-                "voltage_range_kv": trained_voltage_range(cfg, info["card"]),
-            }
-        )
-    return sorted(out, key=lambda m: (m["name"] != DEFAULT_MODEL_NAME, not m["use_voltage"], m["name"]))
-
-
-def default_model_path(voltage_kv=None) -> Path:
-    """The shipped model to use when none is given: the one made for the requested voltages.
-
-    Among the shipped models whose trained voltage range covers every requested voltage, the narrowest range wins:
-    a model trained on exactly these voltages (``ni20-physics``: EMsoft dynamical 20 kV patterns) is more faithful
-    than a wider one (``ni-voltage-physics``: kinematical 10-30 kV). When none covers them all, the model with the
-    widest range is returned (generation then warns about the voltages outside it).
-
-    Parameters
-    ----------
-    voltage_kv
-        Requested voltages, kV (scalar or array); None means 20 kV, the default of :func:`generate`.
-
-    Raises
-    ------
-    FileNotFoundError
-        When no shipped model is found (e.g. an installed wheel without the source tree's ``saved_models/``; set
-        ``$EBSD_KERAS_MODELS`` or pass a model path).
-    """
-    models = shipped_models()
-    if not models:
-        raise FileNotFoundError(
-            f"{_models_dir()}: no shipped model (saved_models/*/model.keras); "
-            "pass a model path or set EBSD_KERAS_MODELS"
-        )
-    v = np.atleast_1d(np.asarray(SINGLE_VOLTAGE_DEFAULT_KV if voltage_kv is None else voltage_kv, dtype=np.float64))
-    lo, hi = float(v.min()), float(v.max())
-
-    def width(m):
-        a, b = m["voltage_range_kv"]
-        return float(b) - float(a)
-
-    covering = [m for m in models if m["voltage_range_kv"][0] - 1e-6 <= lo and hi <= m["voltage_range_kv"][1] + 1e-6]
-    if covering:
-        return Path(min(covering, key=width)["path"])  # min() keeps shipped_models' order among ties
-    return Path(max(models, key=width)["path"])
-
-
-def load_generator(model=None):
-    """A loaded ``CVAEGAN`` and its description, from a path (safe mode on), a model, or None (shipped default).
-
-    Returns
-    -------
-    model, info
-        ``info``: ``path`` (or None), ``voltage_range_kv``, ``card``.
-
-    Raises
-    ------
-    FileNotFoundError, EBSDInputError
-        See :func:`inspect_model_file`; also when Keras cannot load the archive.
-    """
-    if model is not None and not isinstance(model, (str, os.PathLike)):
-        if not hasattr(model, "generate") or not hasattr(model, "model_config"):
-            raise EBSDInputError(f"{type(model).__name__} is not an ebsd_keras CVAEGAN", None, "model")
-        return model, {"path": None, "card": {}, "voltage_range_kv": trained_voltage_range(model.model_config)}
-    path = default_model_path() if model is None else Path(model)
-    info = inspect_model_file(path)  # refuses foreign files before Keras deserialises anything
-    from ebsd_keras.evaluation.report import load_model
-
-    loaded = load_model(path)  # keras.saving.load_model, safe_mode on
-    return loaded, {
-        "path": str(path),
-        "card": info["card"],
-        "voltage_range_kv": trained_voltage_range(loaded.model_config, info["card"]),
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,6 +143,14 @@ def _euler_array(euler, degrees: bool, path, field) -> np.ndarray:
             field,
         )
     check_finite(e, path, field, what="Euler angles")
+    if not degrees and np.abs(e).max() > 2 * np.pi + 1e-4:
+        # generate's own flag in the hint (the shared check names convert's option)
+        raise EBSDInputError(
+            f"Euler angles up to {np.abs(e).max():.4g} exceed 2*pi: these look like degrees, but radians are "
+            "expected; pass --degrees (Python: degrees=True) if they are degrees",
+            path,
+            field,
+        )
     return check_euler_radians(np.deg2rad(e) if degrees else e, path, field)
 
 
@@ -453,58 +265,60 @@ def _voltages(requested, n: int, vrange, use_voltage: bool, strict: bool) -> np.
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Outputs
+# Outputs: one writer per format
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _output_kind(output) -> str:
-    suffix = Path(output).suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise EBSDInputError(
-            f"unknown output suffix {suffix or '(none)'!r}; use one of {', '.join(sorted(OUTPUT_SUFFIXES))}",
-            output,
-            "output",
-        )
-    return OUTPUT_SUFFIXES[suffix]
-
-
-def _detector(model_config) -> dict:
-    """Bruker-convention detector of the model's patterns (the physics decoder's own; the dataset default else)."""
-    from ebsd_keras.simulations.geometry import DetectorGeometry
-
-    cfg = model_config
-    if cfg.decoder == "physics":
-        pc, tilt, sample_tilt = cfg.physics_detector_pc, cfg.physics_detector_tilt_deg, cfg.physics_sample_tilt_deg
-    else:
-        g = DetectorGeometry()
-        pc, tilt, sample_tilt = g.pc, g.tilt_deg, g.sample_tilt_deg
-    return {
-        "pc": [float(x) for x in pc],
-        "shape": [int(s) for s in cfg.image_shape],
-        "tilt_deg": float(tilt),
-        "sample_tilt_deg": float(sample_tilt),
-    }
-
-
-def _preprocessing(model_config):
-    cfg = model_config
-    if cfg.decoder == "physics" and cfg.physics_contrast == "clahe":
-        from ebsd_keras.data.preprocess import CLAHEConfig
-
-        return CLAHEConfig(cfg.physics_clahe_clip_limit, tuple(cfg.physics_clahe_tiles)).to_dict()
-    return "as learned by the model"
 
 
 def to_uint8(patterns) -> np.ndarray:
     """[0, 1] floats to uint8 grey levels (rounded), as the datasets store patterns."""
-    return np.rint(np.clip(np.asarray(patterns, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    from ebsd_keras.data.preprocess import rescale_to_uint8
+
+    return rescale_to_uint8(np.clip(np.asarray(patterns, dtype=np.float32), 0.0, 1.0), lo=0.0, hi=1.0)
 
 
-class _Sink:
-    """Receives generated batches in order; writes atomically (subclasses) or keeps them in memory."""
+@dataclass(frozen=True)
+class OutputPlan:
+    """What a writer needs to know before the first batch.
 
-    def __init__(self, n: int, shape, keep: bool):
-        self.patterns = np.empty((n, *shape), dtype=np.float32) if keep else None
+    Attributes
+    ----------
+    path
+        The output file.
+    n, shape
+        Number of patterns and (H, W).
+    voltage_kv
+        (n,) kV of every pattern.
+    samples
+        Prior samples per orientation (1 on the deterministic path): PNG rows group them.
+    metadata
+        Provenance recorded in the file (HDF5: the ``ebsd_keras`` group).
+    detector
+        The patterns' :class:`~ebsd_keras.simulations.geometry.DetectorGeometry`.
+    overwrite
+        Replace an existing file.
+    """
+
+    path: Path
+    n: int
+    shape: tuple
+    voltage_kv: np.ndarray
+    samples: int
+    metadata: dict
+    detector: object
+    overwrite: bool
+
+
+class PatternWriter:
+    """Receives generated batches in order and writes the output file atomically.
+
+    Subclasses stream (``write``) or write everything at the end (``finish``, from the kept patterns);
+    ``needs_patterns`` says whether the patterns must be kept in memory for that.
+    """
+
+    needs_patterns = False
+
+    def __init__(self, plan: OutputPlan):
+        self.plan = plan
 
     def __enter__(self):
         return self
@@ -513,26 +327,30 @@ class _Sink:
         return False
 
     def write(self, start: int, patterns, euler, voltage_kv) -> None:
-        if self.patterns is not None:
-            self.patterns[start : start + len(patterns)] = patterns
+        """Stream one batch (rows ``start:start + len(patterns)``)."""
+
+    def finish(self, result: GenerationResult) -> None:
+        """Write what needs every pattern (called after the last batch, inside the context)."""
 
 
-class _H5Sink(_Sink):
-    def __init__(self, path, n, shape, keep, voltages, metadata, detector, overwrite):
-        super().__init__(n, shape, keep)
+class H5Writer(PatternWriter):
+    """EMsoft EMEBSD layout: uint8 patterns, Euler angles (radians), voltages; streamed."""
+
+    def __init__(self, plan: OutputPlan):
+        super().__init__(plan)
         from ebsd_keras.io.emsoft import EMEBSDWriter
 
-        per_pattern = not np.allclose(voltages, voltages[0])
-        self.per_pattern = per_pattern
+        volts = plan.voltage_kv
+        self.per_pattern = not np.allclose(volts, volts[0])
         self.writer = EMEBSDWriter(
-            path,
-            n,
-            shape,
-            detector=detector,
-            voltage_kv=None if per_pattern else float(voltages[0]),
-            per_pattern_voltage=per_pattern,
-            metadata=metadata,
-            overwrite=overwrite,
+            plan.path,
+            plan.n,
+            plan.shape,
+            detector=_detector_dict(plan.detector),
+            voltage_kv=None if self.per_pattern else float(volts[0]),
+            per_pattern_voltage=self.per_pattern,
+            metadata=plan.metadata,
+            overwrite=plan.overwrite,
         )
 
     def __enter__(self):
@@ -543,24 +361,20 @@ class _H5Sink(_Sink):
         return self.writer.__exit__(exc_type, exc, tb)
 
     def write(self, start, patterns, euler, voltage_kv):
-        super().write(start, patterns, euler, voltage_kv)
         self.writer.write(start, to_uint8(patterns), euler, voltage_kv=voltage_kv if self.per_pattern else None)
 
 
-class _NpySink(_Sink):
+class NpyWriter(PatternWriter):
     """float32 (M, H, W) written through a memory map into a temporary file, renamed when complete."""
-
-    def __init__(self, path, n, shape, keep, overwrite):
-        super().__init__(n, shape, keep)
-        self.path, self.n, self.shape, self.overwrite = Path(path), n, tuple(shape), overwrite
 
     def __enter__(self):
         from ebsd_keras._atomic import atomic_path
 
-        self._atomic = atomic_path(self.path, overwrite=self.overwrite)
+        self._atomic = atomic_path(self.plan.path, overwrite=self.plan.overwrite)
         tmp = self._atomic.__enter__()
         try:
-            self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.n, *self.shape))
+            shape = (self.plan.n, *self.plan.shape)
+            self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         except BaseException as exc:
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -573,47 +387,118 @@ class _NpySink(_Sink):
         return self._atomic.__exit__(exc_type, exc, tb)
 
     def write(self, start, patterns, euler, voltage_kv):
-        super().write(start, patterns, euler, voltage_kv)
         self.array[start : start + len(patterns)] = patterns
 
 
-def _save_npz(path, result, overwrite):
-    from ebsd_keras._atomic import atomic_path
+class NpzWriter(PatternWriter):
+    """``patterns``, ``euler``, ``quaternion``, ``voltage_kv``, ``orientation_index``, ``sample_index``."""
 
-    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
-        np.savez(
-            f,
-            patterns=result.patterns,
-            euler=result.euler.astype(np.float32),
-            quaternion=result.quaternion,
-            voltage_kv=result.voltage_kv.astype(np.float32),
-            orientation_index=result.orientation_index,
-            sample_index=result.sample_index,
+    needs_patterns = True
+
+    def finish(self, result):
+        from ebsd_keras._atomic import atomic_path
+
+        with atomic_path(self.plan.path, overwrite=self.plan.overwrite) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                patterns=result.patterns,
+                euler=result.euler.astype(np.float32),
+                quaternion=result.quaternion,
+                voltage_kv=result.voltage_kv.astype(np.float32),
+                orientation_index=result.orientation_index,
+                sample_index=result.sample_index,
+            )
+
+
+def euler_label(euler_rad, voltage_kv=None) -> str:
+    """A pattern's label: Bunge Euler angles in degrees (with the unit) and, if given, the voltage."""
+    deg = np.rad2deg(np.asarray(euler_rad, dtype=np.float64))
+    text = f"({deg[0]:.0f}°, {deg[1]:.0f}°, {deg[2]:.0f}°)"
+    return text if voltage_kv is None else f"{text} {float(voltage_kv):g} kV"
+
+
+class PngWriter(PatternWriter):
+    """A grid: one row per orientation when sampling (K columns), else rows of up to 8 patterns; each pattern
+    titled by its Euler angles in degrees (the unit written out) and voltage."""
+
+    needs_patterns = True
+    columns = 8
+
+    def finish(self, result):
+        from ebsd_keras.serving.pattern_grid import save_pattern_grid
+
+        p, k = result.patterns, self.plan.samples
+        label = [euler_label(e, v) for e, v in zip(result.euler, result.voltage_kv, strict=True)]
+        if k > 1:  # row labels carry the row number: the same orientation may be requested twice
+            rows = {f"{i + 1}: {label[i * k]}": p[i * k : (i + 1) * k] for i in range(len(p) // k)}
+            titles = [f"sample {j + 1}" for j in range(k)]
+        else:
+            cols = min(self.columns, len(p))
+            pad = -len(p) % cols
+            padded = np.concatenate([p, np.ones((pad, *p.shape[1:]), np.float32)]) if pad else p
+            rows = {
+                _row_label(r * cols, min((r + 1) * cols, len(p))): padded[r * cols : (r + 1) * cols]
+                for r in range(len(padded) // cols)
+            }
+            titles = label if len(p) <= cols else None
+        save_pattern_grid(self.plan.path, rows, titles=titles)
+
+
+def _row_label(start: int, stop: int) -> str:
+    """1-based pattern numbers of a grid row: "pattern 3" or "patterns 1-8"."""
+    return f"pattern {start + 1}" if stop - start == 1 else f"patterns {start + 1}-{stop}"
+
+
+#: The writer of each output suffix (lower case).
+WRITERS: dict[str, type[PatternWriter]] = {
+    ".h5": H5Writer,
+    ".hdf5": H5Writer,
+    ".npy": NpyWriter,
+    ".npz": NpzWriter,
+    ".png": PngWriter,
+}
+#: Output kinds by file suffix.
+OUTPUT_SUFFIXES = {suffix: cls.__name__.removesuffix("Writer").lower() for suffix, cls in WRITERS.items()}
+
+
+def writer_for(output) -> type[PatternWriter]:
+    """The writer class of an output file's suffix; an unknown suffix raises :class:`EBSDInputError`."""
+    suffix = Path(output).suffix.lower()
+    if suffix not in WRITERS:
+        raise EBSDInputError(
+            f"unknown output suffix {suffix or '(none)'!r}; use one of {', '.join(sorted(WRITERS))}",
+            output,
+            "output",
         )
+    return WRITERS[suffix]
 
 
-def _save_png(path, result, samples: int, overwrite: bool):
-    """One row per orientation when sampling (K columns), else rows of up to 8 patterns; titled by Euler (deg)."""
-    from ebsd_keras.evaluation.figures import save_pattern_grid
+def model_detector(model_config):
+    """The :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` of a model's patterns (the physics decoder's
+    own; the dataset default else)."""
+    from ebsd_keras.simulations.geometry import DetectorGeometry
 
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
-    p = result.patterns
-    deg = np.rad2deg(result.euler)
-    label = [f"({e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f}) {v:g} kV" for e, v in zip(deg, result.voltage_kv, strict=True)]
-    if samples > 1:  # row labels carry the row number: the same orientation may be requested twice
-        rows = {f"{i}: {label[i * samples]}": p[i * samples : (i + 1) * samples] for i in range(len(p) // samples)}
-        titles = [f"sample {k}" for k in range(samples)]
-    else:
-        cols = min(8, len(p))
-        pad = -len(p) % cols
-        padded = np.concatenate([p, np.ones((pad, *p.shape[1:]), np.float32)]) if pad else p
-        rows = {
-            f"{r * cols}-{min((r + 1) * cols, len(p)) - 1}": padded[r * cols : (r + 1) * cols]
-            for r in range(len(padded) // cols)
-        }
-        titles = label if len(p) <= cols else None
-    save_pattern_grid(path, rows, titles=titles)
+    cfg = model_config
+    if cfg.decoder == "physics":
+        from ebsd_keras.models.physics import physics_geometry
+
+        return physics_geometry(cfg)
+    return DetectorGeometry(shape=tuple(int(s) for s in cfg.image_shape))
+
+
+def _detector_dict(geometry) -> dict:
+    """The Bruker-convention detector dict the EMEBSD writer records."""
+    d = geometry.to_dict()
+    return {"pc": d["pc"], "shape": d["shape"], "tilt_deg": d["tilt_deg"], "sample_tilt_deg": d["sample_tilt_deg"]}
+
+
+def _preprocessing(model_config):
+    cfg = model_config
+    if cfg.decoder == "physics" and cfg.physics_contrast == "clahe":
+        from ebsd_keras.data.preprocess import CLAHEConfig
+
+        return CLAHEConfig(cfg.physics_clahe_clip_limit, tuple(cfg.physics_clahe_tiles)).to_dict()
+    return "as learned by the model"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -713,32 +598,12 @@ def _progress(total: int, enabled, desc: str):
     return tqdm(total=total, unit="pattern", desc=desc, disable=disable, dynamic_ncols=True, leave=False)
 
 
-def generate(
-    model=None,
-    *,
-    euler=None,
-    quaternion=None,
-    angles=None,
-    voltage_kv=None,
-    degrees: bool = False,
-    samples: int | None = None,
-    seed: int = 0,
-    latent=None,
-    batch_size: int = 256,
-    strict: bool = False,
-    output=None,
-    overwrite: bool = True,
-    keep_patterns: bool | None = None,
-    progress: bool | None = None,
-) -> GenerationResult:
-    """Generate patterns for orientations (and voltages) with a trained model.
+@dataclass(frozen=True, eq=False)
+class GenerationRequest:
+    """What to generate and where to put it (the keywords of :func:`generate`).
 
-    Parameters
+    Attributes
     ----------
-    model
-        A ``CVAEGAN``, a ``.keras`` path (loaded with Keras' safe mode), or None for the shipped default
-        (:func:`default_model_path`: the narrowest-range shipped model that covers the requested voltages, so
-        ``ni20-physics`` at 20 kV and ``ni-voltage-physics`` at other voltages).
     euler, quaternion, angles, degrees
         Exactly one orientation source; see :func:`read_orientations`. Euler angles are radians unless ``degrees``.
     voltage_kv
@@ -757,7 +622,8 @@ def generate(
     strict
         Refuse voltages outside the model's trained range instead of warning.
     output
-        File to write (``.h5``/``.hdf5``, ``.npy``, ``.npz``, ``.png``), atomically; None to only return patterns.
+        File to write (a suffix of :data:`WRITERS`: ``.h5``/``.hdf5``, ``.npy``, ``.npz``, ``.png``), atomically;
+        None to only return patterns.
     overwrite
         Replace an existing ``output``.
     keep_patterns
@@ -765,9 +631,69 @@ def generate(
     progress
         Progress bar on stderr (default: for 2,048 patterns or more).
 
+    Raises
+    ------
+    EBSDInputError
+        Bad ``samples`` / ``batch_size``, both ``samples`` and ``latent``, an unknown output suffix.
+    """
+
+    euler: object = None
+    quaternion: object = None
+    angles: object = None
+    voltage_kv: object = None
+    degrees: bool = False
+    samples: int | None = None
+    seed: int = 0
+    latent: object = None
+    batch_size: int = 256
+    strict: bool = False
+    output: object = None
+    overwrite: bool = True
+    keep_patterns: bool | None = None
+    progress: bool | None = None
+
+    def __post_init__(self):
+        s = self.samples
+        if s is not None and (isinstance(s, bool) or int(s) != s or s < 1):
+            raise EBSDInputError(f"samples must be a positive integer, got {s!r}", None, "samples")
+        b = self.batch_size
+        if isinstance(b, bool) or int(b) != b or b < 1:
+            raise EBSDInputError(f"batch size must be a positive integer, got {b!r}", None, "batch_size")
+        if s is not None and self.latent is not None:
+            raise EBSDInputError("give samples or latent vectors, not both", None, "latent")
+        if self.output is not None:
+            writer_for(self.output)
+
+    @property
+    def samples_per_orientation(self) -> int:
+        return 1 if self.samples is None else int(self.samples)
+
+    def path_text(self) -> str:
+        if self.samples is not None:
+            return "prior samples z ~ N(0, I)"
+        return "given latent vectors" if self.latent is not None else "deterministic (z = 0)"
+
+
+def generate(model=None, request: GenerationRequest | None = None, **keywords) -> GenerationResult:
+    """Generate patterns for orientations (and voltages) with a trained model.
+
+    ``generate(model, euler=..., voltage_kv=..., output=...)`` and ``generate(model, GenerationRequest(...))`` are
+    the same call: the keywords are those of :class:`GenerationRequest`.
+
+    Parameters
+    ----------
+    model
+        A ``CVAEGAN``, a ``.keras`` path or model folder (loaded with Keras' safe mode), or None for the shipped
+        default (:func:`~ebsd_keras.serving.models.default_model_path`: the narrowest-range shipped model that
+        covers the requested voltages, so ``ni20-physics`` at 20 kV and ``ni-voltage-physics`` at other voltages).
+    request
+        A :class:`GenerationRequest`; or give its fields as keywords.
+
     Returns
     -------
     GenerationResult
+        ``info["model"]`` is the model's identity (name, version, SHA-256 of the file, data kind), never a path;
+        ``info["model_line"]`` the one-line description printed by the CLI.
 
     Raises
     ------
@@ -778,92 +704,92 @@ def generate(
     FileExistsError
         ``output`` exists and ``overwrite`` is False.
     """
-    kind = _output_kind(output) if output is not None else None
-    if output is not None and Path(output).exists() and not overwrite:
+    if request is not None and keywords:
+        raise TypeError("give a GenerationRequest or keywords, not both")
+    req = request if request is not None else GenerationRequest(**keywords)
+    output = None if req.output is None else Path(req.output)
+    if output is not None and output.exists() and not req.overwrite:
         raise FileExistsError(f"{output}: already exists (use --overwrite to replace it)")
-    if samples is not None and (isinstance(samples, bool) or int(samples) != samples or samples < 1):
-        raise EBSDInputError(f"samples must be a positive integer, got {samples!r}", None, "samples")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise EBSDInputError(f"batch size must be a positive integer, got {batch_size!r}", None, "batch_size")
-    if samples is not None and latent is not None:
-        raise EBSDInputError("give samples or latent vectors, not both", None, "latent")
-    orientations = read_orientations(euler=euler, quaternion=quaternion, angles=angles, degrees=degrees)
-    requested = _requested_voltages(voltage_kv, orientations)
-    if isinstance(model, (str, os.PathLike)):
-        inspect_model_file(model)  # a foreign file is refused before TensorFlow starts
-    elif model is None:
-        model = default_model_path(requested)
-    model, minfo = load_generator(model)
+    orientations = read_orientations(euler=req.euler, quaternion=req.quaternion, angles=req.angles, degrees=req.degrees)
+    requested = _requested_voltages(req.voltage_kv, orientations)
+    model, minfo = _load(model, requested)
     cfg = model.model_config
-    volts = _voltages(requested, len(orientations), minfo["voltage_range_kv"], bool(cfg.use_voltage), strict)
+    volts = _voltages(requested, len(orientations), minfo["voltage_range_kv"], bool(cfg.use_voltage), req.strict)
 
-    k = 1 if samples is None else int(samples)
-    n = len(orientations)
+    k, n = req.samples_per_orientation, len(orientations)
     m = n * k
-    if kind == "png" and m > PNG_MAX_PATTERNS:
+    writer_cls = None if output is None else writer_for(output)
+    if writer_cls is PngWriter and m > PNG_MAX_PATTERNS:
         raise EBSDInputError(
             f"{m} patterns are too many for one PNG grid (at most {PNG_MAX_PATTERNS}); write .h5 or .npy",
             output,
             "output",
         )
     rows = np.repeat(np.arange(n), k)
-    q = orientations.quaternion[rows]
-    v32 = volts[rows].astype(np.float32)
-    euler_rows = orientations.euler[rows]
-    z = None
-    if samples is not None:
-        z = np.random.default_rng(seed).standard_normal((m, int(cfg.latent_dim))).astype(np.float32)
-    elif latent is not None:
-        z = _latent(latent, n, int(cfg.latent_dim))
     result = GenerationResult(
         None,
-        q,
-        euler_rows,
+        orientations.quaternion[rows],
+        orientations.euler[rows],
         volts[rows],
         rows.astype(np.int64),
         np.tile(np.arange(k), n).astype(np.int64),
-        None if output is None else Path(output),
+        output,
         {
-            "model": minfo["path"],
+            "model": minfo["identity"],
             "model_name": cfg.name,
+            "model_line": describe_model(minfo),
             "voltage_range_kv": list(minfo["voltage_range_kv"]),
-            "path": (
-                "prior samples z ~ N(0, I)"
-                if samples is not None
-                else ("given latent vectors" if latent is not None else "deterministic (z = 0)")
-            ),
+            "path": req.path_text(),
             "samples_per_orientation": k,
-            "seed": None if samples is None else int(seed),
+            "seed": None if req.samples is None else int(req.seed),
             "orientation_source": orientations.source,
         },
     )
-    keep = output is None or kind in ("png", "npz") or bool(keep_patterns)
-    shape = tuple(int(s) for s in cfg.image_shape)
+    z = _latents(req, cfg, n, m)
+    keep = writer_cls is None or writer_cls.needs_patterns or bool(req.keep_patterns)
+    detector = model_detector(cfg)
     metadata = {
-        "source": {"kind": "generated", **result.info},
+        "source": {"kind": "generated", **{k_: v for k_, v in result.info.items() if k_ != "model_line"}},
         "preprocessing": _preprocessing(cfg),
-        "detector": _detector(cfg),
+        "detector": _detector_dict(detector),
     }
-    if kind == "h5":
-        sink = _H5Sink(output, m, shape, keep, result.voltage_kv, metadata, _detector(cfg), overwrite)
-    elif kind == "npy":
-        sink = _NpySink(output, m, shape, keep, overwrite)
-    else:
-        sink = _Sink(m, shape, keep)
+    shape = tuple(int(s) for s in cfg.image_shape)
+    writer = (writer_cls or PatternWriter)(
+        OutputPlan(output, m, shape, result.voltage_kv, k, metadata, detector, req.overwrite)
+    )
+    kept = np.empty((m, *shape), dtype=np.float32) if keep else None
     fn = _generator_fn(model)
+    q, v32 = result.quaternion, result.voltage_kv.astype(np.float32)
     t0 = time.perf_counter()
-    with sink, _progress(m, progress, "generating") as bar:
-        for start in range(0, m, int(batch_size)):
-            stop = min(start + int(batch_size), m)
+    with writer, _progress(m, req.progress, "generating") as bar:
+        for start in range(0, m, int(req.batch_size)):
+            stop = min(start + int(req.batch_size), m)
             batch = fn(q[start:stop], v32[start:stop], None if z is None else z[start:stop])
-            sink.write(start, batch, euler_rows[start:stop], result.voltage_kv[start:stop])
+            writer.write(start, batch, result.euler[start:stop], result.voltage_kv[start:stop])
+            if kept is not None:
+                kept[start:stop] = batch
             bar.update(stop - start)
-    result.info["generation_seconds"] = time.perf_counter() - t0
-    result.patterns = sink.patterns
-    if kind == "npz":
-        _save_npz(output, result, overwrite)
-    elif kind == "png":
-        _save_png(output, result, k, overwrite)
+        result.info["generation_seconds"] = time.perf_counter() - t0
+        result.patterns = kept
+        writer.finish(result)
     if not keep:
         result.patterns = None
     return result
+
+
+def _load(model, requested):
+    """The loaded model and its info; a foreign file is refused before TensorFlow starts."""
+    if isinstance(model, (str, os.PathLike)):
+        inspect_model_file(model)
+    elif model is None:
+        model = default_model_path(requested)
+    return load_generator(model)
+
+
+def _latents(req: GenerationRequest, cfg, n: int, m: int):
+    """(m, latent_dim) latent vectors, or None for the deterministic path."""
+    if req.samples is not None:
+        return np.random.default_rng(req.seed).standard_normal((m, int(cfg.latent_dim))).astype(np.float32)
+    if req.latent is not None:
+        return _latent(req.latent, n, int(cfg.latent_dim))
+    return None
