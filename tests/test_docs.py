@@ -211,10 +211,6 @@ def saved_model(folder: str):
 
 
 def check_parse_only(block: Block) -> None:
-    import tensorflow as tf
-
-    from ebsd_keras.serving.export import decode_rest_request
-
     assert block.reason, f"{block.where}: say why the block cannot run here: parse-only (reason)"
     checked = 0
     for cmd in logical_commands(block.text):
@@ -238,6 +234,10 @@ def check_parse_only(block: Block) -> None:
                 assert glob.glob(f"{folder}/*/saved_model.pb"), f"{block.where}: no SavedModel in {source}"
                 checked += 1
             elif part[:1] == ["curl"]:
+                import tensorflow as tf
+
+                from ebsd_keras.serving.export import decode_rest_request
+
                 body = part[part.index("-d") + 1]
                 name = re.search(r"/v1/models/([\w.-]+):predict", cmd).group(1)
                 signature, inputs = decode_rest_request(body)
