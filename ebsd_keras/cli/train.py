@@ -178,6 +178,9 @@ def preflight(config) -> None:
             clean_stale_temps(d)
     if config.init_from:
         check_keras_file(config.init_from, "--init-from")
+    from ebsd_keras.io.tfrecord import verify_shards
+
+    verify_shards(config.data_dir, ("train", "val"))  # a damaged shard is the first thing to know about
     _check_data_fits(config)
 
 

@@ -771,8 +771,13 @@ def verify_shards(data_dir, splits=None, metadata: dict | None = None) -> int:
             if not tf.io.gfile.exists(path):
                 bad.append((path, "missing"))
             elif s.get("sha256"):
+                key = _file_key(path, s["sha256"])
+                if key is not None and key in _VERIFIED:
+                    continue  # hashed by this process already, unchanged since (train() after the CLI's check)
                 if _sha256(path) != s["sha256"]:
                     bad.append((path, "checksum mismatch: the shard is damaged (truncated or modified)"))
+                elif key is not None:
+                    _VERIFIED.add(key)
             else:
                 count = _count_records(path, meta.get("compression"))
                 if count != int(s["count"]):
@@ -785,6 +790,17 @@ def verify_shards(data_dir, splits=None, metadata: dict | None = None) -> int:
             f"{why}{more}; re-create the dataset with `ebsd-keras convert`", path, field
         )
     return n
+
+
+#: Local shards this process found intact: (path, size, mtime_ns, sha256).
+_VERIFIED: set = set()
+
+
+def _file_key(path: str, sha: str):
+    if _is_remote(path):
+        return None
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns, sha)
 
 
 def _count_records(path: str, compression) -> int | None:

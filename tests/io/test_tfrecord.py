@@ -301,3 +301,70 @@ def test_clahe_detection_in_provenance(recorded, applied):
     from ebsd_keras.io.tfrecord import _is_clahe
 
     assert _is_clahe(recorded) is applied
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shard verification before training (issue 16)
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "remove"])
+def test_verify_shards_names_the_damaged_shard(tmp_path, damage):
+    from ebsd_keras.io.tfrecord import verify_shards
+
+    rng = np.random.default_rng(0)
+    for name in ("t.h5", "v.h5"):
+        write_emebsd(tmp_path / name, rng.integers(0, 255, (12, 8, 8), dtype=np.uint8), rng.uniform(0, 1, (12, 3)),
+                     voltage_kv=20.0)  # fmt: skip
+    out = tmp_path / "rec"
+    write_tfrecords([("train", tmp_path / "t.h5"), ("val", tmp_path / "v.h5")], out, shard_size=4, progress=False)
+    assert verify_shards(out) == 6
+    shard = out / "train-00002.tfrecord"
+    data = shard.read_bytes()
+    if damage == "flip":
+        shard.write_bytes(data[:20] + bytes([data[20] ^ 1]) + data[21:])
+    elif damage == "truncate":
+        shard.write_bytes(data[:-7])
+    elif damage == "empty":
+        shard.write_bytes(b"")
+    else:
+        shard.unlink()
+    with pytest.raises(EBSDInputError, match="missing" if damage == "remove" else "checksum mismatch") as info:
+        verify_shards(out, ("train",))
+    assert info.value.path == str(shard) and "ebsd-keras convert" in str(info.value)
+    assert verify_shards(out, ("val", "test")) == 3  # other splits are not checked when not asked for
+
+
+def test_verify_shards_counts_records_when_no_checksum_was_recorded(tmp_path):
+    import json
+
+    from ebsd_keras.io.tfrecord import verify_shards
+
+    rng = np.random.default_rng(1)
+    write_emebsd(tmp_path / "t.h5", rng.integers(0, 255, (6, 8, 8), dtype=np.uint8), rng.uniform(0, 1, (6, 3)),
+                 voltage_kv=20.0)  # fmt: skip
+    out = tmp_path / "rec"
+    write_tfrecords([("train", tmp_path / "t.h5")], out, shard_size=3, progress=False)
+    meta = json.loads((out / "metadata.json").read_text())
+    for s in meta["shards"]["train"]:
+        del s["sha256"]
+    (out / "metadata.json").write_text(json.dumps(meta))
+    assert verify_shards(out) == 2
+    shard = out / "train-00001.tfrecord"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(EBSDInputError, match="records, metadata.json says 3") as info:
+        verify_shards(out)
+    assert info.value.field == "count"
+
+
+def test_all_constant_patterns_are_refused_and_some_warned(tmp_path, caplog):
+    rng = np.random.default_rng(2)
+    zeros = np.zeros((4, 8, 8), np.uint8)
+    write_emebsd(tmp_path / "z.h5", zeros, rng.uniform(0, 1, (4, 3)), voltage_kv=20.0)
+    with pytest.raises(EBSDInputError, match="all 4 patterns are constant"):
+        write_tfrecords([("train", tmp_path / "z.h5")], tmp_path / "rec", progress=False)
+    assert not (tmp_path / "rec").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["z.h5"]
+    some = rng.integers(0, 255, (4, 8, 8), dtype=np.uint8)
+    some[1] = 7
+    write_emebsd(tmp_path / "s.h5", some, rng.uniform(0, 1, (4, 3)), voltage_kv=20.0)
+    with caplog.at_level("WARNING"):
+        write_tfrecords([("train", tmp_path / "s.h5")], tmp_path / "rec", progress=False)
+    assert "1 of 4 patterns are constant" in caplog.text
