@@ -137,6 +137,11 @@ def laue_group(symmetry: str) -> str:
     return POINT_GROUP_TO_LAUE[name]
 
 
+def _canonical(q: np.ndarray) -> np.ndarray:
+    """q or -q, whichever has its first non-zero component positive (q0 > 0 unless a 180-degree turn)."""
+    return -q if q[np.flatnonzero(np.abs(q) > 1e-12)[0]] < 0 else q
+
+
 def _close_group(generators) -> np.ndarray:
     """All products of the generator quaternions (the group they generate), q0 >= 0, identity first."""
     elements = [np.array([1.0, 0.0, 0.0, 0.0])]
@@ -145,9 +150,8 @@ def _close_group(generators) -> np.ndarray:
         new = []
         for a in frontier:
             for g in generators:
-                p = np.asarray(quaternion_multiply(g, a))
-                p = -p if p[0] < -1e-12 or (abs(p[0]) <= 1e-12 and p[np.flatnonzero(np.abs(p) > 1e-12)[0]] < 0) else p
-                if not any(abs(abs(float(p @ e)) - 1.0) < 1e-9 for e in elements):
+                p = _canonical(np.asarray(quaternion_multiply(g, a)))
+                if not any(abs(abs(float(p @ e)) - 1.0) < 1e-9 for e in elements):  # q and -q: one rotation
                     elements.append(p)
                     new.append(p)
         frontier = new
