@@ -47,8 +47,8 @@ def clahe_copy(model_path: str, out_path: str) -> None:
         os.replace(path, out_path)
 
 
-def fidelity(model_path: str, data_dir: str, n: int = 256, batch: int = 32) -> dict:
-    """NCC, BCE gap and pixels within 15 % of the model's z = 0 patterns on the first ``n`` test patterns."""
+def fidelity(model_path: str, data_dir: str, n: int = 256, batch: int = 32, split: str = "test") -> dict:
+    """NCC, BCE gap and pixels within 15 % of the model's z = 0 patterns on the first ``n`` patterns of ``split``."""
     from keras import ops
 
     from ebsd_keras.data.pipeline import make_dataset
@@ -56,7 +56,7 @@ def fidelity(model_path: str, data_dir: str, n: int = 256, batch: int = 32) -> d
     model = _load(model_path)
     ncc, gap, within = [], [], []
     seen = 0
-    for b in make_dataset(data_dir, "test", batch_size=batch, shuffle=False):
+    for b in make_dataset(data_dir, split, batch_size=batch, shuffle=False):
         x = b["pattern"].numpy()[..., 0].astype(np.float64)
         p = ops.convert_to_numpy(model.generate({"quaternion": b["quaternion"]}))[..., 0].astype(np.float64)
         for xi, pi in zip(x, p, strict=True):
@@ -73,6 +73,7 @@ def fidelity(model_path: str, data_dir: str, n: int = 256, batch: int = 32) -> d
             break
     return {
         "model": model_path,
+        "split": split,
         "n": len(ncc[:n]),
         "ncc_mean": float(np.mean(ncc[:n])),
         "bce_gap_mean": float(np.mean(gap[:n])),
@@ -90,11 +91,12 @@ def main(argv=None) -> int:
     f.add_argument("model")
     f.add_argument("data")
     f.add_argument("--n", type=int, default=256)
+    f.add_argument("--split", default="test", help="split of DATA (choose models on 'val', report on 'test')")
     args = parser.parse_args(argv)
     if args.command == "clahe":
         clahe_copy(args.model, args.out)
     else:
-        print(json.dumps(fidelity(args.model, args.data, args.n), indent=1))
+        print(json.dumps(fidelity(args.model, args.data, args.n, split=args.split), indent=1))
     return 0
 
 
