@@ -431,17 +431,42 @@ def select_reflectors(
         ref.calculate_structure_factor()
         f = np.abs(np.asarray(ref.structure_factor)).reshape(-1)
         order = np.argsort(-f, kind="stable")
-        keep = order[f[order] >= max(min_relative_structure_factor * f.max(), 1e-6 * f.max())][: int(max_families)]
-        if len(keep) == 0:
+        strong = order[f[order] >= max(min_relative_structure_factor * f.max(), 1e-6 * f.max())]
+        if len(strong) == 0:
             raise EBSDInputError(f"no reflector with d >= {min_dspacing} Angstrom", None, "reflectors")
-        hkl = np.asarray(ref.hkl)[np.sort(keep)]
-    ref = ReciprocalLatticeVector(phase, hkl=np.asarray(hkl, dtype=np.float64)).symmetrise()
+        hkl = _distinct_families(phase, np.asarray(ref.hkl)[strong])[: int(max_families)]
+    hkl = _distinct_families(phase, np.asarray(hkl, dtype=np.float64).reshape(-1, 3))
+    members = np.concatenate([_family_members(phase, h) for h in hkl])
+    ref = ReciprocalLatticeVector(phase, hkl=members)
     ref.calculate_structure_factor()
     ref.calculate_theta(float(energy_kv) * 1e3)  # volts
     return ref
 
 
+def _family_members(phase, hkl) -> np.ndarray:
+    """(m, 3) the distinct symmetry equivalents of one hkl (each plane once: kinematical intensities add up)."""
+    from diffsims.crystallography import ReciprocalLatticeVector
+
+    sym = np.round(np.asarray(ReciprocalLatticeVector(phase, hkl=[hkl]).symmetrise().hkl), 6).reshape(-1, 3)
+    _, first = np.unique(sym, axis=0, return_index=True)
+    return sym[np.sort(first)]
+
+
+def _distinct_families(phase, hkl) -> np.ndarray:
+    """The hkl rows that start a new family, in order (orix's ``unique(use_symmetry=True)`` can list a hexagonal
+    family twice, and symmetrising both would count its planes twice and break the pattern's symmetry)."""
+    seen: set = set()
+    keep = []
+    for h in np.asarray(hkl, dtype=np.float64).reshape(-1, 3):
+        key = tuple(np.round(h, 6))
+        if key in seen:
+            continue
+        seen.update(map(tuple, _family_members(phase, h)))
+        keep.append(h)
+    return np.array(keep).reshape(-1, 3)
+
+
 def families(reflectors) -> list:
-    """The distinct plane families (hkl lists, one per family, as in the selection) of :func:`select_reflectors`."""
-    uniq = reflectors.unique(use_symmetry=True)
-    return [[int(round(v)) for v in row] for row in np.asarray(uniq.hkl)]
+    """The distinct plane families of :func:`select_reflectors` (one hkl per family, in the order given)."""
+    reps = _distinct_families(reflectors.phase, np.asarray(reflectors.hkl))
+    return [[int(round(v)) for v in row] for row in reps]

@@ -107,7 +107,19 @@ def test_select_reflectors_picks_the_nickel_families_and_relativistic_bragg_angl
     assert np.all(np.abs(ref.theta / non_relativistic - 1) > 8e-3)
     assert len(ni.structure) == 4  # the phase is not modified (no second expansion of the cell)
     ti = load_phase("ti")
-    fam = families(select_reflectors(ti, 20.0))
+    ti_ref = select_reflectors(ti, 20.0)
+    # every plane once, every family complete: {10-10} has 6 planes, {0002} 2 (orix can list a family twice)
+    hkl = [tuple(np.round(h).astype(int)) for h in ti_ref.hkl]
+    assert len(set(hkl)) == len(hkl)
+    assert {h for h in hkl if h[2] == 0 and abs(h[0]) + abs(h[1]) == 1 or h in ((1, -1, 0), (-1, 1, 0))} == {
+        (1, 0, 0),
+        (-1, 0, 0),
+        (0, 1, 0),
+        (0, -1, 0),
+        (1, -1, 0),
+        (-1, 1, 0),
+    }
+    fam = families(ti_ref)
     assert [0, 0, 2] in fam and [1, 0, 1] in fam and [0, 0, 1] not in fam and len(fam) <= 12
     assert len(ti.structure) == 2
     narrow = select_reflectors(ti, 30.0, hkl=[[0, 0, 2]])

@@ -175,8 +175,9 @@ def test_kinematical_master_pattern_of_any_phase_has_its_laue_symmetry(det, phas
     # a 2-fold axis along a (in the group) and one along b (not in -3m; in 622 too) / a 90 deg turn about c (in neither)
     not_in_group = np.array([np.sqrt(0.5), 0.0, 0.0, np.sqrt(0.5)])
     # (3- and 6-fold turns do not map the square Lambert grid onto itself: hard kinematical band edges interpolate
-    # differently, NCC ~0.88 at half size 300; turns that are not symmetries give ~0.26)
-    for s, lo, hi in ((ops[1], 0.85, 1.0), (ops[-1], 0.85, 1.0), (not_in_group, -1.0, 0.5)):
+    # differently, NCC ~0.99 at half size 300 -- 0.88 when a family's planes were counted twice; turns that are not
+    # symmetries give ~0.3)
+    for s, lo, hi in ((ops[1], 0.97, 1.0), (ops[-1], 0.97, 1.0), (not_in_group, -1.0, 0.5)):
         other = np.concatenate(
             [p for _, p in project_patterns(km, quaternion_multiply(s[None], q), det, 20.0, progress=False)]
         )
