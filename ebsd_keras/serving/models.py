@@ -106,7 +106,9 @@ def inspect_model_file(path) -> dict:
     EBSDInputError
         When it is not a Keras archive, or holds some other model (field "model").
     """
-    path = resolve_model_path(path)
+    from ebsd_keras.checks import check_keras_file
+
+    path = check_keras_file(resolve_model_path(path), "model")  # not a zip: "not a Keras model file"
     try:
         with zipfile.ZipFile(path) as z:
             config = json.loads(z.read("config.json"))
@@ -282,7 +284,10 @@ def load_model(path):
 
     import ebsd_keras.models.cvaegan  # noqa: F401 - registers the serialisable classes
 
-    path = resolve_model_path(path)
+    from ebsd_keras.checks import check_keras_file
+
+    # Keras reports a file that is not a zip as "File not found": say what it is instead
+    path = check_keras_file(resolve_model_path(path), "model")
     try:
         model = keras.saving.load_model(path)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
