@@ -206,9 +206,9 @@ def read_orientations(euler=None, quaternion=None, angles=None, degrees: bool = 
     if quaternion is not None:
         q = unit_quaternions(quaternion, None, "quaternion")
         return Orientations(q, quaternion_to_euler(q.astype(np.float64)), None, "quaternion")
-    path = Path(angles)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    from ebsd_keras.checks import check_input_file
+
+    path = check_input_file(angles, "--angles", "angle file")  # a directory says so
     if path.suffix.lower() in (".h5", ".hdf5"):
         return _read_h5_orientations(path)
     from ebsd_keras.io.emsoft import read_angle_file
@@ -365,29 +365,21 @@ class H5Writer(PatternWriter):
 
 
 class NpyWriter(PatternWriter):
-    """float32 (M, H, W) written through a memory map into a temporary file, renamed when complete."""
+    """float32 (M, H, W) written block by block into a temporary file (:func:`ebsd_keras._atomic.atomic_npy`),
+    renamed when complete. No memory map: on a full disk a map dies with SIGBUS, plain writes raise ENOSPC."""
 
     def __enter__(self):
-        from ebsd_keras._atomic import atomic_path
+        from ebsd_keras._atomic import atomic_npy
 
-        self._atomic = atomic_path(self.plan.path, overwrite=self.plan.overwrite)
-        tmp = self._atomic.__enter__()
-        try:
-            shape = (self.plan.n, *self.plan.shape)
-            self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        except BaseException as exc:
-            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
-            raise
+        self._atomic = atomic_npy(self.plan.path, (self.plan.n, *self.plan.shape), np.float32, self.plan.overwrite)
+        self.array = self._atomic.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.array.flush()
-        del self.array  # closes the map before the rename (or the removal)
         return self._atomic.__exit__(exc_type, exc, tb)
 
     def write(self, start, patterns, euler, voltage_kv):
-        self.array[start : start + len(patterns)] = patterns
+        self.array.write(start, patterns)
 
 
 class NpzWriter(PatternWriter):
@@ -708,8 +700,10 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
         raise TypeError("give a GenerationRequest or keywords, not both")
     req = request if request is not None else GenerationRequest(**keywords)
     output = None if req.output is None else Path(req.output)
-    if output is not None and output.exists() and not req.overwrite:
-        raise FileExistsError(f"{output}: already exists (use --overwrite to replace it)")
+    if output is not None:  # a file or directory in the way, an unwritable place: before any work
+        from ebsd_keras._atomic import check_writable
+
+        check_writable(output, "file", req.overwrite, "-o/--output")
     orientations = read_orientations(euler=req.euler, quaternion=req.quaternion, angles=req.angles, degrees=req.degrees)
     requested = _requested_voltages(req.voltage_kv, orientations)
     model, minfo = _load(model, requested)
