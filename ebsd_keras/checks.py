@@ -79,7 +79,7 @@ def check_input_file(path, field: str | None = None, what: str = "file") -> Path
         return path
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such {what}" + (f" ({field})" if field else ""))
+        raise FileNotFoundError(f"{p}: no such file ({what}{', ' + field if field else ''})")
     if p.is_dir():
         raise EBSDInputError(f"is a directory, expected a {what}", p, field)
     return p
