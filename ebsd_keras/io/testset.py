@@ -148,10 +148,12 @@ def _merge_provenance(sources: list[dict], top_preprocessing, path) -> dict:
 
 def _load_tfrecord(directory: Path, n, seed, split) -> TestSet:
     from ebsd_keras.data.pipeline import make_dataset
-    from ebsd_keras.io.tfrecord import read_metadata, shard_paths
+    from ebsd_keras.data.preprocess import rescale_to_uint8
+    from ebsd_keras.io.tfrecord import read_metadata, shard_paths, verify_shards
 
     meta = read_metadata(directory)
     shard_paths(directory, split, meta)  # names the available splits when this one is missing
+    verify_shards(directory, (split,), meta)  # a damaged shard: one line naming it, before any work
     n_total = int(meta["count"][split])
     rows = _choose(n_total, n, seed)
     keep = np.zeros(n_total, dtype=bool)
@@ -164,7 +166,7 @@ def _load_tfrecord(directory: Path, n, seed, split) -> TestSet:
         start += m
         if sel.any():
             x = batch["pattern"].numpy()[sel, ..., 0]
-            parts["patterns"].append(np.rint(x * 255.0).astype(np.uint8))  # exact: stored as uint8 / 255
+            parts["patterns"].append(rescale_to_uint8(x, 0.0, 1.0))  # exact: stored as uint8 / 255
             parts["quaternion"].append(batch["quaternion"].numpy()[sel].astype(np.float64))
             parts["voltage_kv"].append(batch["voltage_kv"].numpy()[sel].astype(np.float64))
     sources = [s for s in meta.get("sources", []) if s.get("split") == split]
