@@ -106,10 +106,13 @@ def _check_args(args) -> None:
         raise EBSDInputError("--pc-only calibrates the pattern centre: give --refine-pc too", None, "--pc-only")
     if not 0 < args.trust_region <= 20:
         raise EBSDInputError(f"must be within (0, 20] degrees, got {args.trust_region}", None, "--trust-region")
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output}: already exists (use --overwrite to replace it)")
+    from ebsd_keras._atomic import check_writable
+    from ebsd_keras.serving.models import inspect_model_file
+
+    check_writable(args.output, "file", args.overwrite, "-o/--output")  # before DI and refinement
     if not args.patterns.exists():
         raise FileNotFoundError(f"{args.patterns}: no such file")
+    inspect_model_file(args.model)  # a bad model file fails before any pattern is read
     if args.start is not None and not args.start.exists():
         raise FileNotFoundError(f"{args.start}: no such file")
 
