@@ -122,8 +122,12 @@ def _check_args(args) -> None:
         raise EBSDInputError(
             f"--kikuchipy-subset must be >= 1, got {args.kikuchipy_subset}", None, "--kikuchipy-subset"
         )
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output}: already exists (use --overwrite to replace it)")
+    from ebsd_keras._atomic import check_writable
+    from ebsd_keras.serving.models import inspect_model_file
+
+    check_writable(args.output, "dir", args.overwrite, "-o/--output")  # before minutes of indexing
+    if args.model is not None:
+        inspect_model_file(args.model)  # a bad model file fails before the test set is read
 
 
 def run(args) -> int:
