@@ -56,9 +56,14 @@ def run(args) -> int:
     from ebsd_keras.data.pipeline import make_dataset
     from ebsd_keras.io.tfrecord import write_tfrecords
 
+    from ebsd_keras._atomic import check_writable
+
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out}: already exists (use --overwrite to replace it)")
+    check_writable(out, "dir", args.overwrite, "-o/--output")  # before the dataset is built
+    if args.model is not None:
+        from ebsd_keras.serving.models import inspect_model_file
+
+        inspect_model_file(args.model)  # a bad model file fails now, not after minutes of work
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
 
