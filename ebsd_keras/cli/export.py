@@ -51,6 +51,15 @@ def run(args) -> int:
     from ebsd_keras.errors import EBSDInputError
     from ebsd_keras.serving.export import export_saved_model
 
+    from ebsd_keras._atomic import check_writable
+    from ebsd_keras.serving.models import inspect_model_file
+
+    check_writable(args.output, "rundir", field="-o/--output")  # the serving folder may exist; VERSION/ goes in it
+    if args.keras_out is not None:
+        if args.keras_out.suffix != ".keras":
+            raise EBSDInputError("must end in .keras", args.keras_out, "--keras")
+        check_writable(args.keras_out, "file", True, "--keras")
+    inspect_model_file(args.model)  # a bad model file fails before anything is loaded
     model = args.model
     if args.contrast is None:
         if args.keras_out or args.clip_limit is not None or args.tiles:
