@@ -43,6 +43,7 @@ __all__ = [
     "load_phase",
     "phase_from_cif",
     "make_phase",
+    "phase_from_record",
     "phase_laue_group",
     "fractional_xyz",
     "phase_record",
@@ -86,7 +87,8 @@ def load_phase(spec):
     Parameters
     ----------
     spec
-        ``"ti"``, ``"fe"``... (see :data:`SHIPPED_PHASES`), a path ending in ``.cif``, or a ``Phase``.
+        ``"ti"``, ``"fe"``... (see :data:`SHIPPED_PHASES`), a path ending in ``.cif``, a ``Phase``, or a record
+        from metadata (:func:`phase_record`, e.g. ``dataset.json``'s ``phase``).
 
     Returns
     -------
@@ -103,6 +105,8 @@ def load_phase(spec):
 
     if isinstance(spec, Phase):
         return spec
+    if isinstance(spec, dict):  # a record from dataset / model metadata (phase_record)
+        return phase_from_record(spec)
     text = str(spec)
     if text.lower().endswith(".cif") or Path(text).is_file():
         return phase_from_cif(text)
@@ -207,6 +211,23 @@ def make_phase(name: str, space_group: int, lattice, atoms):
     if not full:
         raise EBSDInputError("a phase needs at least one atom", None, "atoms")
     return _phase(name, number, Structure(atoms=full, lattice=lat))
+
+
+def phase_from_record(record: dict):
+    """Rebuild a phase from its :func:`phase_record` (dataset, TFRecord or model metadata), atoms included.
+
+    Raises
+    ------
+    EBSDInputError
+        A record without atoms (e.g. of an EMsoft file whose atoms could not be read) or with missing fields.
+    """
+    try:
+        atoms = [(a["element"], a["xyz"], a["occupancy"], a["b_iso_angstrom2"]) for a in record["atoms"]]
+        return make_phase(record["name"], record["space_group"], record["lattice_parameters_angstrom"], atoms)
+    except (KeyError, TypeError):
+        raise EBSDInputError(
+            "phase record needs name, space_group, lattice_parameters_angstrom and atoms", None, "phase"
+        ) from None
 
 
 def _check_space_group(space_group) -> int:
