@@ -7,8 +7,8 @@ Training (resumable, ``ebsd-keras train``) runs on raw patterns with pixel subse
     dataset's CLAHE (clip 10, 4 x 4 tiles) in the graph (:func:`ebsd_keras.models.field.field_with_contrast`).
 ``fidelity MODEL DATA [--n N]``
     Generates the deterministic path (z = 0) for the first N patterns of DATA's test split (a TFRecord directory)
-    and prints per-pattern NCC, the BCE gap (per pixel, generated minus optimal) and the fraction of pixels within
-    15 % of the truth, as JSON.
+    and prints the means of per-pattern NCC, BCE and BCE gap (per pixel, generated minus optimal), the mean absolute
+    pixel deviation (grey levels / 255) and the fraction of pixels within 15 % of the truth, as JSON.
 
 Examples (from the repository root)::
 
@@ -54,7 +54,7 @@ def fidelity(model_path: str, data_dir: str, n: int = 256, batch: int = 32, spli
     from ebsd_keras.data.pipeline import make_dataset
 
     model = _load(model_path)
-    ncc, gap, within = [], [], []
+    ncc, gap, within, deviation, bces = [], [], [], [], []
     seen = 0
     for b in make_dataset(data_dir, split, batch_size=batch, shuffle=False):
         x = b["pattern"].numpy()[..., 0].astype(np.float64)
@@ -67,6 +67,8 @@ def fidelity(model_path: str, data_dir: str, n: int = 256, batch: int = 32, spli
             bce = -(xi * np.log(q) + (1 - xi) * np.log(1 - q)).mean()
             best = -(xi * np.log(t) + (1 - xi) * np.log(1 - t)).mean()
             gap.append(float(bce - best))
+            bces.append(float(bce))
+            deviation.append(float(np.abs(pi - xi).mean()))
             within.append(float((np.abs(pi - xi) <= 0.15).mean()))
         seen += len(x)
         if seen >= n:
@@ -78,6 +80,8 @@ def fidelity(model_path: str, data_dir: str, n: int = 256, batch: int = 32, spli
         "ncc_mean": float(np.mean(ncc[:n])),
         "bce_gap_mean": float(np.mean(gap[:n])),
         "within_15pct_mean": float(np.mean(within[:n])),
+        "bce_mean": float(np.mean(bces[:n])),
+        "pixel_deviation_mean": float(np.mean(deviation[:n])),
     }
 
 
