@@ -61,3 +61,15 @@ def test_user_fields_win_and_other_presets_are_untouched():
     cfg.resolved()  # the overrides make a valid model config
     assert _with_data_geometry(TrainConfig(data_dir="d", preset="tiny"), m).model == {}
     assert _with_data_geometry(TrainConfig(data_dir="d", init_from="m.keras"), m).model == {}
+
+
+def test_the_neural_field_takes_the_data_detector_and_contrast_too():
+    """The field decoder projects through the same detector fields: raw data must give it the rescale contrast (and
+    so pixel-subset training), CLAHE'd data the in-graph CLAHE."""
+    from ebsd_keras.models.presets import get_preset
+
+    raw = _with_data_geometry(TrainConfig(data_dir="d", preset="field"), meta(source(), clahe=None))
+    assert raw.model["physics_contrast"] == "rescale" and raw.model["physics_detector_pc"] == [0.45, 0.52, 0.63]
+    clahe = _with_data_geometry(TrainConfig(data_dir="d", preset="field"), meta(source()))
+    assert clahe.model["physics_contrast"] == "clahe" and clahe.model["physics_clahe_tiles"] == [2, 3]
+    assert get_preset("field", **raw.model).decoder == "field"
