@@ -439,3 +439,19 @@ def test_dead_references_stay_out():
         text = doc.read_text()
         for dead in ("paper-method.md", "runs/refine/", "nikin-hr", "the issue"):
             assert dead not in text, f"{doc.relative_to(REPO)} mentions {dead!r}"
+
+
+def test_conventions_example_reads_eu_files_as_degrees(doc_workspace, monkeypatch):
+    """docs/conventions.md's claim, checked: radians on the command line, --degrees, and an EMsoft 'eu' file (degrees)
+    give the same patterns."""
+    import numpy as np
+
+    monkeypatch.chdir(doc_workspace)
+    for block in parse_blocks(REPO / "docs/conventions.md"):
+        if block.lang == "bash":
+            run_block(block)  # already run by the document's test in a full session: not run twice
+    radians, degrees, from_file = (np.load(f"{n}.npy") for n in ("radians", "degrees", "from_file"))
+    assert radians.shape == degrees.shape == from_file.shape == (2, 60, 60)
+    np.testing.assert_array_equal(from_file, degrees)  # the same angles in degrees, by file or by flag
+    assert np.abs(radians - degrees).mean() < 0.01  # 2.0944 rad is 120.0002 deg: a rounding, not a unit, apart
+    assert np.abs(radians - np.roll(degrees, 1, axis=0)).mean() > 0.05  # and the two orientations do differ
