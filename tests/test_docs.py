@@ -6,7 +6,7 @@ A fenced ``bash`` or ``python`` block may be preceded by one directive (an HTML 
 - ``<!-- doc-test: small | OLD => NEW | ... -->``: run after these literal substitutions (a smaller size); every OLD
   must occur in the block, so a substitution cannot go stale silently.
 - ``<!-- doc-test: fixture | OLD => NEW ... -->``: the small dataset (``data/ni20``, ``data/ni20-tfr``) the other
-  blocks use; built once per session (substituted) and copied into every document's working folder.
+  blocks use; built once per session (substituted) in the documents' working folder.
 - ``<!-- doc-test: parse-only (reason) -->``: cannot run here (Docker, several machines, a server, a long training):
   every ``ebsd-keras`` command is parsed by the CLI's own parser, every ``python benchmarks/...`` flag is looked up
   in the script's ``--help``, ``docker`` mounts must hold a SavedModel, ``curl`` bodies are decoded the way TF
@@ -14,10 +14,11 @@ A fenced ``bash`` or ``python`` block may be preceded by one directive (an HTML 
 - ``<!-- doc-test: ci-command -->``: must be exactly the test command ``.ci/run`` runs.
 
 All documents run in one temporary folder (the shipped models copied in, the small dataset built there), so
-commands write nothing into the repository; a command that already ran there word for word is not run twice. ``ebsd-keras`` commands run in this process (``ebsd_keras.cli.main``; starting
-TensorFlow once instead of once per command keeps the test to a few minutes), must exit 0 and must leave their
-``-o`` output behind. Outside the blocks, inline ``ebsd-keras``/``python benchmarks`` commands must name existing
-subcommands and flags, ``ebsd_keras.*`` names must import, repository paths must exist and links must resolve.
+commands write nothing into the repository; a command that already ran there word for word is not run twice.
+``ebsd-keras`` commands run in this process (``ebsd_keras.cli.main``; starting TensorFlow once instead of once per
+command keeps the test to a few minutes), must exit 0 and must leave their ``-o`` output behind. Outside the
+blocks, inline ``ebsd-keras``/``python benchmarks`` commands must name existing subcommands and flags,
+``ebsd_keras.*`` names must import, repository paths must exist and links must resolve.
 """
 
 from __future__ import annotations
@@ -387,7 +388,9 @@ def test_inline_commands_names_paths_and_links_resolve(doc):
     where = str(doc.relative_to(REPO))
     # commands written inline, and the ebsd-keras commands inside non-shell blocks (e.g. Kubernetes YAML)
     commands = _inline_spans(text) + [
-        m.group(0) for b in parse_blocks(doc) if b.lang not in ("bash", "sh", "python")
+        m.group(0)
+        for b in parse_blocks(doc)
+        if b.lang not in ("bash", "sh", "python")
         for m in re.finditer(r"ebsd-keras [^\n\"']*", b.text)
     ]
     for span in commands:
