@@ -464,19 +464,20 @@ def _vector_logs(model) -> None:
     model.test_step = vector(model.test_step)
 
 
-def _optimizer(learning_rate: float, cfg: TrainConfig):
+def _optimizer(learning_rate: float, cfg: TrainConfig, bce_scale: float = 1.0):
     import keras
 
     opt = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=cfg.beta_1, beta_2=0.999)
     if cfg.mixed_precision_policy == "mixed_float16":
         # float16 gradients underflow without loss scaling, and overflow with too much of it.
-        opt = keras.optimizers.LossScaleOptimizer(opt, initial_scale=initial_loss_scale(cfg.loss_weights))
+        opt = keras.optimizers.LossScaleOptimizer(opt, initial_scale=initial_loss_scale(cfg.loss_weights, bce_scale))
     return opt
 
 
-def initial_loss_scale(loss_weights: dict) -> float:
+def initial_loss_scale(loss_weights: dict, bce_scale: float = 1.0) -> float:
     """Initial dynamic loss scale for mixed_float16: 2**10 divided by the largest loss weight, as a power of two
-    (at least 1).
+    (at least 1). The reconstruction weight counts ``bce_scale`` times (the pixel count when the BCE is summed per
+    pattern, ``bce_reduction="sum"``: a ~2,500-nat cvae loss at initialisation).
 
     Keras's default, 2**15, overflows float16 (max 65504) in the backward pass of every phase at initialisation:
     the compact cvae loss starts near 32 (KL), the critic and gan losses near 700 (orientation weight 1e4). Each
@@ -485,15 +486,17 @@ def initial_loss_scale(loss_weights: dict) -> float:
     (cosine >= 0.997 on the tiny and compact presets, benchmarks/precision_check.py); the scale then
     adapts as usual (doubles after 2000 finite steps, halves on an overflow).
     """
-    largest = max([1.0, *(abs(float(w)) for w in loss_weights.values())])
+    weights = {k: abs(float(w)) * (float(bce_scale) if k == "reconstruction" else 1.0) for k, w in loss_weights.items()}
+    largest = max([1.0, *weights.values()])
     return float(2.0 ** max(0, int(np.floor(np.log2(2.0**10 / largest)))))
 
 
 def _compile(model, cfg: TrainConfig) -> None:
     from ebsd_keras.losses import KLSchedule, LossWeights
 
+    bce_scale = float(model.pixels_per_pattern) if cfg.bce_reduction == "sum" else 1.0
     model.compile(
-        encoder_decoder_optimizer=_optimizer(cfg.learning_rate, cfg),
+        encoder_decoder_optimizer=_optimizer(cfg.learning_rate, cfg, bce_scale),
         critic_optimizer=_optimizer(cfg.critic_learning_rate, cfg),
         loss_weights=LossWeights.from_dict(cfg.loss_weights),
         kl_schedule=KLSchedule.from_config(cfg.kl_schedule) if cfg.kl_schedule else KLSchedule(),

@@ -15,6 +15,9 @@ def test_initial_loss_scale_follows_the_largest_weight():
     assert initial_loss_scale(PHASE_DEFAULTS["critic"]["loss_weights"]) == 1.0  # orientation weight 1e4
     assert initial_loss_scale({"reconstruction": 4.0}) == 2.0**8
     assert initial_loss_scale({"orientation": 1e9}) == 1.0  # never below 1
+    # the summed BCE (3,600 pixels) is the largest cvae term: 2**10 would overflow float16 (max 65504) at ~2,500 nats
+    assert initial_loss_scale(PHASE_DEFAULTS["cvae"]["loss_weights"], bce_scale=3600.0) == 1.0
+    assert initial_loss_scale({"reconstruction": 1.0}, bce_scale=4.0) == 2.0**8
 
 
 def _batch(n=8, seed=0):
