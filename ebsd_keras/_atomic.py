@@ -238,9 +238,12 @@ def atomic_path(target, overwrite: bool = True):
     try:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp)):
+            # name the file the user asked for (not our temporary, nor nothing: np.savez, PNG writers)
+            raise type(exc)(exc.errno, exc.strerror, str(target)) from None
         raise
 
 

@@ -34,6 +34,7 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -1027,6 +1028,9 @@ class EMEBSDWriter:
         if exc_type is None:
             try:
                 self._finish()
+                # Flush explicitly: a write error (full disk) must fail here, not be swallowed by close() and
+                # leave a truncated file under the final name.
+                self._flush_or_raise()
                 self._close_file()
             except BaseException as err:
                 self._close_file()
@@ -1037,6 +1041,13 @@ class EMEBSDWriter:
             self._close_file()
             self._atomic.__exit__(exc_type, exc, tb)  # removes the temporary file
         return False
+
+    def _flush_or_raise(self) -> None:
+        try:
+            self._file.flush()
+        except (OSError, RuntimeError) as exc:
+            code = errno.ENOSPC if "No space" in str(exc) else errno.EFBIG if "too large" in str(exc) else errno.EIO
+            raise OSError(code, f"cannot write the HDF5 file ({os.strerror(code)})", str(self.path)) from None
 
     def _close_file(self) -> None:
         if self._file is not None:

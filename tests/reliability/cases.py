@@ -61,7 +61,7 @@ BAD_MODELS = {  # --model / --init-from values and the message each must give
     "model_missing": ("{R}/nothere.keras", MISSING),
     "model_notzip": ("{R}/notzip.keras", NOT_KERAS),
     "model_empty": ("{R}/empty.keras", NOT_KERAS),
-    "model_dir": ("{R}/adir.keras", IS_DIR),
+    "model_dir": ("{R}/adir.keras", r"(is a directory|model folder needs one \.keras)"),
     "model_foreign_zip": ("{R}/foreign.keras", NOT_CVAEGAN),
 }
 BAD_H5 = {  # pattern-file inputs
@@ -211,6 +211,7 @@ def cases() -> list[Case]:
     # ----------------------------------------------------------------------------------------------- refine
     RF = ("refine",)
     for key, (path, msg) in BAD_H5.items():
+        msg = r"(is a directory|neither a tfrecord)" if key == "h5_dir" else msg
         c.append(Case(f"refine-{key}", (*RF, path, "--model", "{R}/model.keras", "-o", "{W}/r.h5", *REFINE_FAST), msg))
     for key, (path, msg) in BAD_MODELS.items():
         c.append(Case(f"refine-{key}", (*RF, "{R}/train.h5", "--model", path, "-o", "{W}/r.h5", *REFINE_FAST), msg))
@@ -229,7 +230,7 @@ def cases() -> list[Case]:
                       msg))  # fmt: skip
     for key, (path, msg) in {**BAD_H5, **{k: v for k, v in BAD_TFR.items() if k in (
             "tfr_no_metadata", "tfr_bad_json", "tfr_flipped_byte", "tfr_missing_shard", "tfr_truncated_shard")}}.items():  # fmt: skip
-        msg = r"(metadata\.json|test\.h5|neither)" if key == "tfr_no_metadata" else msg
+        msg = r"(metadata\.json|test\.h5|neither)" if key in ("tfr_no_metadata", "h5_dir") else msg
         c.append(Case(f"evaluate-test-{key}", (*EV, "--true-only", "--test", path, "-o", "{W}/rep", "--split", "train",
                                                *EVAL_FAST), msg))  # fmt: skip
     c += _output_cases("evaluate", lambda o: (*EV, "--true-only", "--test", "{R}/train.h5", "-o", o, *EVAL_FAST), "",
