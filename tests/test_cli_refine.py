@@ -54,6 +54,9 @@ def test_refine_writes_hdf5_and_prints_accuracy(files, capsys):
         assert euler.shape == (N, 3) and f["refinement/score"].shape == (N,)
         settings = json.loads(f["ebsd_keras"].attrs["metadata"])
     assert settings["refinement"]["method"] == "gauss-newton-fd"  # the fastest, most accurate one is the default
+    # the file names its model and patterns, not paths of this machine
+    assert len(settings["model"]["sha256"]) == 64 and "/" not in settings["patterns"]
+    assert "/" not in json.dumps(settings["model"])
     err = disorientation(q, q_ref)
     assert disorientation(q, start).mean() > 0.5
     assert err.mean() < 0.1, err  # float32 generator, 60 x 60 patterns of a coarse texture

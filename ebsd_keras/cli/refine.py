@@ -36,7 +36,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("patterns", type=Path, help="EMsoft-layout pattern file (.h5)")
-    p.add_argument("--model", type=Path, required=True, help="trained generator (.keras CVAEGAN)")
+    p.add_argument("--model", type=Path, required=True, help="trained generator (.keras CVAEGAN file or model folder)")
     p.add_argument("-o", "--output", type=Path, required=True, help="refined angles: .h5, else an EMsoft 'eu' file")
     p.add_argument("--start", type=Path, help="start orientations: EMsoft angle file or .h5 (default: run DI)")
     p.add_argument("-n", "--n", type=int, default=None, help="refine a seeded random subset of N patterns")
@@ -117,153 +117,44 @@ def _check_args(args) -> None:
         raise FileNotFoundError(f"{args.start}: no such file")
 
 
-def read_start(path: Path, n_total: int, rows):
-    """Start quaternions (len(rows), 4) from an EMsoft angle file or an EMsoft-layout .h5 with one row per pattern."""
-    import h5py
-    import numpy as np
-
-    from ebsd_keras.errors import EBSDInputError
-    from ebsd_keras.io.emsoft import read_angle_file
-    from ebsd_keras.orientation import check_euler_radians, euler_to_quaternion
-
-    if path.suffix.lower() in (".h5", ".hdf5"):
-        try:
-            with h5py.File(path, "r") as f:
-                if "EMData/EBSD/EulerAngles" not in f:
-                    raise EBSDInputError("no EulerAngles dataset", path, "EMData/EBSD/EulerAngles")
-                euler = np.asarray(f["EMData/EBSD/EulerAngles"][()], dtype=np.float64)
-        except OSError as exc:
-            raise EBSDInputError(f"not a readable HDF5 file: {exc}", path, "file") from None
-        if euler.ndim != 2 or euler.shape[1] != 3:
-            raise EBSDInputError(f"expected (N, 3) Euler angles, got {euler.shape}", path, "EMData/EBSD/EulerAngles")
-        q = euler_to_quaternion(check_euler_radians(euler, path, "EMData/EBSD/EulerAngles"))
-        field = "EMData/EBSD/EulerAngles"
-    else:
-        q = read_angle_file(path)
-        field = "line 2"
-    if len(q) != n_total:
-        raise EBSDInputError(f"{len(q)} start orientations for {n_total} patterns", path, field)
-    return q[rows]
-
-
-def _write(path: Path, result, q_start, rows, settings: dict, overwrite: bool) -> None:
-    import json
-
-    import h5py
-    import numpy as np
-
-    from ebsd_keras._atomic import atomic_path
-    from ebsd_keras.io.emsoft import write_angle_file
-    from ebsd_keras.orientation import quaternion_to_euler
-
-    euler = quaternion_to_euler(result.quaternion)
-    if path.suffix.lower() not in (".h5", ".hdf5"):
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
-        write_angle_file(path, euler)
-        return
-    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-        g = f.create_group("EMData/EBSD")
-        g.create_dataset("EulerAngles", data=euler.astype(np.float32))
-        g.create_dataset("numangles", data=np.array([len(euler)], np.int32))
-        r = f.create_group("refinement")
-        r.create_dataset("quaternion", data=result.quaternion)
-        r.create_dataset("start_quaternion", data=q_start)
-        r.create_dataset("score", data=result.score)
-        r.create_dataset("pattern_index", data=np.asarray(rows, np.int64))
-        r.create_dataset("iterations", data=np.asarray(result.iterations, np.int64))
-        if result.pc is not None:
-            r.create_dataset("pc", data=result.pc)
-        f.create_group("ebsd_keras").attrs["metadata"] = json.dumps(settings, default=str)
-
-
 def run(args) -> int:
     import numpy as np
 
-    from ebsd_keras.checks import check_voltage_kv
-    from ebsd_keras.errors import EBSDInputError
     from ebsd_keras.evaluation.metrics import summarize
-    from ebsd_keras.indexing.generator import model_refinement_generator
-    from ebsd_keras.indexing.refinement import check_pattern_centres, refine_gradient
-    from ebsd_keras.io.testset import load_test_set
+    from ebsd_keras.indexing.workflow import RefineRequest, refine_patterns
     from ebsd_keras.orientation import disorientation
-    from ebsd_keras.serving.models import load_model
 
     _check_args(args)
-    data = load_test_set(args.patterns, n=args.n, seed=args.seed)
-    n_total = int(data.description.get("n_total", len(data)))
-    kv = float(args.kv) if args.kv is not None else float(np.median(data.voltage_kv))
-    check_voltage_kv(kv, args.patterns if args.kv is None else None, "--kv")
-    model = load_model(args.model)
-    shape = tuple(model.model_config.image_shape)
-    if tuple(data.shape) != shape:
-        raise EBSDInputError(
-            f"patterns are {data.shape[0]}x{data.shape[1]}, the model generates {shape[0]}x{shape[1]}",
-            args.patterns,
-            "EMData/EBSD/EBSDPatterns",
-        )
-    generator = model_refinement_generator(
-        model, voltage_kv=kv if model.model_config.use_voltage else None, clahe_gradient=args.clahe_gradient
-    )
-    pc = None
-    if args.pc is not None:
-        pc = check_pattern_centres(args.pc, len(data), None, "--pc")
-    elif args.refine_pc or generator.takes_pc:
-        det = (data.metadata or {}).get("detector") or {}
-        if "pc" in det:
-            pc = check_pattern_centres(det["pc"], len(data), args.patterns, "ebsd_keras/metadata/detector/pc")
-    if not generator.takes_pc:
-        if args.pc is not None or args.refine_pc:
-            raise EBSDInputError(
-                f"{type(model.decoder).__name__} generates for one fixed detector: it cannot take --pc/--refine-pc",
-                args.model,
-                "model",
-            )
-        pc = None
-    if args.start is not None:
-        q_start = read_start(args.start, n_total, data.index)
-        di_seconds = 0.0
-    else:
-        import time
-
-        from ebsd_keras.indexing.dictionary import indexer_from_metadata
-
-        t0 = time.perf_counter()
-        indexer = indexer_from_metadata(
-            data.metadata,
-            kv,
-            resolution_deg=args.dictionary_resolution,
-            path=args.patterns,
+    outcome = refine_patterns(
+        RefineRequest(
+            patterns=args.patterns,
+            model=args.model,
+            output=args.output,
+            start=args.start,
+            n=args.n,
+            seed=args.seed,
+            kv=args.kv,
+            pc=args.pc,
+            refine_pc=args.refine_pc,
+            pc_only=args.pc_only,
+            method=args.method,
+            iterations=args.iterations,
+            hessian_every=args.hessian_every,
+            trust_region_deg=args.trust_region,
+            batch_size=args.batch_size,
+            dictionary_resolution=args.dictionary_resolution,
             master_pattern=args.master_pattern,
+            clahe_gradient=args.clahe_gradient,
+            overwrite=args.overwrite,
             progress=not args.quiet,
         )
-        q_start, _ = indexer.dictionary_index(data.patterns)
-        di_seconds = time.perf_counter() - t0
-        print(f"dictionary indexing: {len(data)} patterns in {di_seconds:.1f} s ({indexer.n_dictionary} entries)")
-    result = refine_gradient(
-        generator,
-        data.patterns,
-        q_start,
-        pc_start=pc,
-        refine_pc=args.refine_pc,
-        refine_orientation=not args.pc_only,
-        method=args.method,
-        max_iterations=args.iterations,
-        hessian_every=args.hessian_every,
-        trust_region_deg=args.trust_region,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
     )
-    settings = {
-        "patterns": str(args.patterns),
-        "model": str(args.model),
-        "start": str(args.start) if args.start else f"dictionary indexing, {args.dictionary_resolution} deg",
-        "voltage_kv": kv,
-        "refinement": result.settings,
-        "seconds": result.seconds,
-        "dictionary_indexing_seconds": di_seconds,
-    }
-    _write(args.output, result, q_start, data.index, settings, args.overwrite)
+    result, data = outcome.result, outcome.data
+    if outcome.dictionary_size is not None:
+        print(
+            f"dictionary indexing: {len(data)} patterns in {outcome.dictionary_seconds:.1f} s "
+            f"({outcome.dictionary_size} entries)"
+        )
     print(
         f"refined {len(data)} patterns in {result.seconds:.2f} s ({1e3 * result.seconds / len(data):.2f} ms/pattern), "
         f"NCC {np.mean(result.score):.4f}"
@@ -278,7 +169,7 @@ def run(args) -> int:
             + ")"
         )
     if args.truth:
-        for name, q in (("start", q_start), ("refined", result.quaternion)):
+        for name, q in (("start", outcome.q_start), ("refined", result.quaternion)):
             s = summarize(disorientation(data.quaternion, q))
             print(f"{name}: {s['mean']:.4f} ± {s['std']:.4f} deg (median {s['median']:.4f}, p95 {s['p95']:.4f})")
     print(f"written to {args.output}")

@@ -135,7 +135,7 @@ def evaluate_pattern_centres(
         ``{"settings": {...}, "rows": [{"pc", "ncc", "bce_gap", "within_15pct", "di_error_deg", "refined_error_deg",
         "true_refined_error_deg", "pc_refinement", "seconds"}, ...]}`` with :func:`summarize` dicts.
     """
-    from ebsd_keras.data.preprocess import CLAHEConfig
+    from ebsd_keras.data.preprocess import CLAHEConfig, rescale_to_uint8
     from ebsd_keras.data.simulate import load_master_pattern
     from ebsd_keras.evaluation.metrics import disorientation_stats, pixel_metrics, summarize
     from ebsd_keras.indexing.generator import takes_pattern_centre
@@ -179,7 +179,7 @@ def evaluate_pattern_centres(
 
             idx = Indexer(mp, det, energy_kv, clahe_config, resolution_deg=dictionary_resolution_deg,
                           progress=progress)  # fmt: skip
-            stack = np.concatenate([np.rint(gen * 255.0).astype(np.uint8), truth])
+            stack = np.concatenate([rescale_to_uint8(gen, 0.0, 1.0), truth])
             q_di, _ = idx.dictionary_index(stack)
             r = idx.refine_bobyqa(stack, q_di)
             qq = np.concatenate([q, q])

@@ -572,16 +572,9 @@ def evaluate_generator(
         per_pattern.update({f"{name}_{k}": v for k, v in var_per.items() if k in ("bce", "within_15pct", "ncc")})
 
     # Dictionary indexing and refinement of the generated and the true patterns
-    if dictionary_resolution is None and semi_edge_steps is None and indexers is None:
-        if ts.training_semi_edge_steps is not None:
-            semi_edge_steps = ts.training_semi_edge_steps
-            basis = f"training density (cubochoric N = {semi_edge_steps})"
-        else:
-            dictionary_resolution = 2.0
-            basis = "2 deg (no training density recorded in the test set's provenance)"
-            logger.warning("no training density recorded: dictionary at 2 degrees")
-    else:
-        basis = "given"
+    dictionary_resolution, semi_edge_steps, basis = _dictionary_choice(
+        ts, dictionary_resolution, semi_edge_steps, given=indexers is not None
+    )
     clahe_choice = {"auto": "auto", "clahe": CLAHEConfig(), "none": None}[preprocessing]
     if indexers is None:
         indexers = _indexers(ts, dictionary_resolution, semi_edge_steps, master_pattern, clahe_choice, progress)
@@ -635,10 +628,7 @@ def evaluate_generator(
         results["target_check"] = _target_check(results, label)
     if model is not None:
         t0 = time.perf_counter()
-        results["model"] = _model_info(model, label)
-        results["critic"] = {"real": _critic_metrics(model, truth, ts)}
-        if generated is not None:
-            results["critic"]["generated"] = _critic_metrics(model, generated, ts)
+        results["model"], results["critic"] = _model_info(model, label), _critics(model, truth, generated, ts)
         timing["critic_s"] = time.perf_counter() - t0
     if generate_fn is not None:
         results.setdefault("model", {"label": label})["throughput"] = _throughput(
@@ -657,6 +647,26 @@ def evaluate_generator(
     if out_dir is not None:
         write_report(results, out_dir, overwrite=overwrite)
     return results
+
+
+def _dictionary_choice(ts: TestSet, resolution_deg, semi_edge_steps, given: bool):
+    """(resolution_deg, semi_edge_steps, basis): the training density when recorded (the paper's choice), else
+    2 degrees; ``basis`` says which in the report."""
+    if resolution_deg is not None or semi_edge_steps is not None or given:
+        return resolution_deg, semi_edge_steps, "given"
+    if ts.training_semi_edge_steps is not None:
+        steps = ts.training_semi_edge_steps
+        return None, steps, f"training density (cubochoric N = {steps})"
+    logger.warning("no training density recorded: dictionary at 2 degrees")
+    return 2.0, None, "2 deg (no training density recorded in the test set's provenance)"
+
+
+def _critics(model, truth, generated, ts: TestSet) -> dict:
+    """The critic's classification errors on the real (and the generated) patterns."""
+    out = {"real": _critic_metrics(model, truth, ts)}
+    if generated is not None:
+        out["generated"] = _critic_metrics(model, generated, ts)
+    return out
 
 
 def _file_crystal(path) -> tuple[int, float] | None:

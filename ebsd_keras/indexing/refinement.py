@@ -58,7 +58,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 
@@ -476,6 +476,34 @@ class GradientSettings:
         """Patterns optimised together."""
         return (64 if self._fd else 256) if self.batch_size is None else int(self.batch_size)
 
+    def record(self, staged: bool, slots: int) -> dict:
+        """What a refinement ran with, for its result's ``settings`` (JSON-ready)."""
+        fd = self._fd
+        if fd:
+            how = "Jacobian by differences" + (" + Broyden updates of the smooth fixed-LUT map" if staged else "")
+        else:
+            how = "surrogate gradient through CLAHE"
+        return {
+            "refiner": f"gradient ({self.method})",
+            "objective": f"NCC with the generated pattern (exact forward value; {how})",
+            "parametrisation": "rotation vector v, q = exp(v) * q_start"
+            + (", pc = pc_start + d" if self.refine_pc else ""),
+            "method": self.method,
+            "max_iterations": self.iterations,
+            "hessian_every": self.hessian_every if self.method == "gauss-newton" else None,
+            "fd_step_deg": float(self.fd_step_deg) if fd else None,
+            "fd_iterations": int(self.fd_iterations) if fd else None,
+            "fd_fraction": float(self.fd_fraction) if fd else None,
+            "damping": float(self.damping),
+            "max_step_deg": self.step_cap_deg,
+            "tol_deg": self.tolerance_deg,
+            "trust_region_deg": float(self.trust_region_deg),
+            "refine_pc": bool(self.refine_pc),
+            "refine_orientation": bool(self.refine_orientation),
+            "batch_size": slots,
+            "jit": bool(self.jit),
+        }
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Gradient refinement
@@ -558,13 +586,14 @@ def refine_gradient(
     t0 = time.perf_counter()
     free = np.ones(p, dtype=bool)
     free[:3] = refine_orientation
+    limits = _Limits(iters, tol, cap, bound, free, damping)
     if fd:
         h = np.array([math.radians(fd_step_deg)] * 3 + [fd_pc_step] * (p - 3))
         broyden = None
         if staged and fd_iterations < iters:
             broyden = (int(fd_iterations), max(1, int(math.ceil(b * fd_fraction))))
         best_x, scores, n_iter, evals = _gauss_newton_fd(
-            steps, q0_all, pc0_all, targets, b, p, iters, damping, cap, bound, tol, free, h, progress, broyden
+            steps, q0_all, pc0_all, targets, b, p, limits, h, progress, broyden
         )
         q_out = positive_scalar(quaternion_multiply(rotvec_to_quaternion(best_x[:, :3]), q0_all))
         if refine_pc:
@@ -577,9 +606,7 @@ def refine_gradient(
         pc0 = tf.constant((pc0_all[pad] if use_pc else np.zeros((b, 3))), tf.float32)
         t_hat = tf.constant(targets[pad])
         run = _gauss_newton if method == "gauss-newton" else _adam
-        best_x, best_f, it, ev = run(
-            steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, cap, bound, tol, learning_rate_deg, free
-        )
+        best_x, best_f, it, ev = run(steps, q0, pc0, t_hat, b, p, limits, hessian_every, learning_rate_deg)
         k = len(rows)
         dq = rotvec_to_quaternion(best_x[:k, :3])
         q_out[rows] = positive_scalar(quaternion_multiply(dq, q0_all[rows]))
@@ -596,41 +623,27 @@ def refine_gradient(
         seconds=seconds,
         pc=pc_out,
         iterations=n_iter,
-        settings={
-            "refiner": f"gradient ({method})",
-            "objective": "NCC with the generated pattern (exact forward value; "
-            + (
-                (
-                    "Jacobian by differences + Broyden updates of the smooth fixed-LUT map"
-                    if staged
-                    else "Jacobian by differences"
-                )
-                if fd
-                else "surrogate gradient through CLAHE"
-            )
-            + ")",
-            "parametrisation": "rotation vector v, q = exp(v) * q_start" + (", pc = pc_start + d" if refine_pc else ""),
-            "method": method,
-            "max_iterations": iters,
-            "hessian_every": hessian_every if method == "gauss-newton" else None,
-            "fd_step_deg": float(fd_step_deg) if fd else None,
-            "fd_iterations": int(fd_iterations) if fd else None,
-            "fd_fraction": float(fd_fraction) if fd else None,
-            "damping": float(damping),
-            "max_step_deg": float(max_step_deg),
-            "tol_deg": float(tol_deg),
-            "trust_region_deg": float(trust_region_deg),
-            "refine_pc": bool(refine_pc),
-            "refine_orientation": bool(refine_orientation),
-            "batch_size": b,
-            "jit": bool(jit),
-        },
+        settings=st.record(staged=staged, slots=b),
     )
 
 
-def _gauss_newton(steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, cap, bound, tol, _lr, free):
+class _Limits(NamedTuple):
+    """The iteration limits of one refinement: iterations, rotation-step tolerance (rad), per-parameter step caps and
+    trust-region half-widths (p,), which parameters are free (p,) bool, Levenberg-Marquardt damping."""
+
+    iters: int
+    tol: float
+    cap: np.ndarray
+    bound: np.ndarray
+    free: np.ndarray
+    damping: float
+
+
+def _gauss_newton(steps, q0, pc0, t_hat, b, p, limits: _Limits, hessian_every, _lr):
     """Levenberg-Marquardt / chord iterations on one batch; returns (best x, best NCC, iterations, evaluations)."""
     import tensorflow as tf
+
+    iters, tol, free = limits.iters, limits.tol, limits.free
 
     x = np.zeros((b, p))
     best_x = x.copy()
@@ -649,7 +662,7 @@ def _gauss_newton(steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, ca
             f, g = steps.gradient_terms(xt, q0, pc0, t_hat)
             evals[active] += 1
         f, g = np.asarray(f, np.float64), np.asarray(g, np.float64)
-        new = _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, tie_is_better=False)
+        new = _lm_step(f, g, hess, x, best_x, best_f, limits, tie_is_better=False)
         moved = np.linalg.norm(new[:, :3] - x[:, :3], axis=1) if free[0] else np.zeros(b)
         pc_moved = np.linalg.norm(new[:, 3:] - x[:, 3:], axis=1) if p > 3 else np.zeros(b)
         it_count[active] += 1
@@ -662,12 +675,13 @@ def _gauss_newton(steps, q0, pc0, t_hat, b, p, iters, hessian_every, damping, ca
     return best_x, best_f, it_count, evals
 
 
-def _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, ncc_scaled=False, tie_is_better=True):
+def _lm_step(f, g, hess, x, best_x, best_f, limits: _Limits, ncc_scaled=False, tie_is_better=True):
     """One Levenberg-Marquardt update of every row; returns the new x (best_x, best_f are updated in place).
 
     ``tie_is_better``: an NCC equal to the best counts as no worse (``gauss-newton-fd``: the same point again, a slot
     that waited a call); the older ``gauss-newton`` treats it as a failed step.
     """
+    damping, cap, bound, free = limits.damping, limits.cap, limits.bound, limits.free
     p = x.shape[1]
     better = (f >= best_f) if tie_is_better else (f > best_f)
     best_f[better] = f[better]
@@ -696,9 +710,7 @@ def _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, ncc_scale
     return new
 
 
-def _gauss_newton_fd(
-    steps, q0_all, pc0_all, targets, b, p, iters, damping, cap, bound, tol, free, h, progress, broyden=None
-):
+def _gauss_newton_fd(steps, q0_all, pc0_all, targets, b, p, limits: _Limits, h, progress, broyden=None):
     """Levenberg-Marquardt with a forward-difference Jacobian, over all patterns.
 
     ``b`` slots iterate together; a pattern leaves its slot as soon as it has converged and the next pattern takes
@@ -713,6 +725,8 @@ def _gauss_newton_fd(
     best x (N, p), best NCC (N,), iterations (N,), generator passes (N,)
     """
     import tensorflow as tf
+
+    iters, tol, free = limits.iters, limits.tol, limits.free
     from tqdm.auto import tqdm
 
     n = len(q0_all)
@@ -780,7 +794,7 @@ def _gauss_newton_fd(
             ev[chosen] += p
             x_prev = x.copy()
         f, g, hess = (np.asarray(a, np.float64) for a in (f, g, hess))
-        new = _lm_step(f, g, hess, x, best_x, best_f, damping, cap, bound, free, ncc_scaled=it < _SCALED_STEPS)
+        new = _lm_step(f, g, hess, x, best_x, best_f, limits, ncc_scaled=it < _SCALED_STEPS)
         new[waiting] = x[waiting]
         moved = np.linalg.norm(new[:, :3] - x[:, :3], axis=1) if free[0] else np.zeros(b)
         pc_moved = np.linalg.norm(new[:, 3:] - x[:, 3:], axis=1) if p > 3 else np.zeros(b)
@@ -801,9 +815,11 @@ def _gauss_newton_fd(
     return out_x, out_f, out_it, out_ev
 
 
-def _adam(steps, q0, pc0, t_hat, b, p, iters, _hessian_every, _damping, cap, bound, tol, lr_deg, free):
+def _adam(steps, q0, pc0, t_hat, b, p, limits: _Limits, _hessian_every, lr_deg):
     """Adam ascent of the NCC on one batch; returns (best x, best NCC, iterations, evaluations)."""
     import tensorflow as tf
+
+    iters, tol, bound, free = limits.iters, limits.tol, limits.bound, limits.free
 
     lr = np.array([math.radians(lr_deg)] * 3 + [0.01 * lr_deg] * (p - 3))
     beta1, beta2, eps = 0.9, 0.999, 1e-12

@@ -739,6 +739,7 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
             "orientation_source": orientations.source,
         },
     )
+    logger.info(result.info["model_line"])  # the CLI prints it; the Python API logs it
     z = _latents(req, cfg, n, m)
     keep = writer_cls is None or writer_cls.needs_patterns or bool(req.keep_patterns)
     detector = model_detector(cfg)

@@ -252,7 +252,7 @@ def test_cli_model(dataset_dir, tiny_model_path, tmp_path):
         (["--true-only", "--test", "{missing}"], "no such file"),
         (["--true-only", "--model", "{model}", "--test", "{data}"], "--true-only"),
         (["--model", "{folder}", "--test", "{data}"], "model folder needs one .keras model file"),
-        (["--model", "{garbage}", "--test", "{data}"], "not a Keras .keras archive"),
+        (["--model", "{garbage}", "--test", "{data}"], "not a Keras"),
         (["--true-only", "--test", "{data}", "--n", "0"], "--n"),
         (["--true-only", "--test", "{data}", "--dictionary-resolution", "0.01"], "resolution"),
         (["--true-only", "--test", "{garbage}"], "HDF5"),

@@ -19,18 +19,26 @@ from ebsd_keras.serving.models import (
 )
 
 
+def _zip(path):
+    """A minimal zip archive (what every .keras file is; its contents do not matter for resolving)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", "{}")
+
+
 def test_a_model_folder_resolves_to_its_keras_file(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     with pytest.raises(EBSDInputError, match="no .keras file") as err:
         resolve_model_path(folder)
     assert err.value.field == "model"
-    (folder / "weights.keras").write_bytes(b"x")
+    _zip(folder / "weights.keras")
     assert resolve_model_path(folder) == folder / "weights.keras"  # the only one
-    (folder / "other.keras").write_bytes(b"y")
+    _zip(folder / "other.keras")
     with pytest.raises(EBSDInputError, match="2 .keras files"):
         resolve_model_path(folder)
-    (folder / "model.keras").write_bytes(b"z")
+    _zip(folder / "model.keras")
     assert resolve_model_path(folder) == folder / "model.keras"  # model.keras wins
     assert resolve_model_path(folder / "other.keras") == folder / "other.keras"
     with pytest.raises(FileNotFoundError):
