@@ -4,11 +4,14 @@ and rerun ends with the same weights, history and best checkpoint as an uninterr
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
+from ebsd_keras import _atomic
 from ebsd_keras.cli import main
 from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.models.cvaegan import CVAEGAN
@@ -104,11 +107,19 @@ def test_corrupt_state_json_is_one_line_and_no_resume_starts_over(tiny_data, tmp
     (out / "backup").mkdir(parents=True)
     (out / "config.json").write_text("{}")
     (out / "backup" / "state.json").write_text('{"epoch": 0, "weights": "ckpt-0.weigh')  # cut by a crash
+    # what kill -9 during a checkpoint write leaves: temporaries of a process that no longer exists
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphans = [out / f".best.keras.{dead.pid}@{_atomic._host_tag()}-0badc0de.tmp.keras",
+               out / "backup" / f".ckpt-1.weights.h5.{dead.pid}@{_atomic._host_tag()}-0badc0de.tmp.weights.h5"]  # fmt: skip
+    for p in orphans:
+        p.write_bytes(b"partial")
     argv = [*cli_argv(tiny_data, out), "--epochs", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "state.json" in err[0] and "--no-resume" in err[0], err
-    assert (out / "backup" / "state.json").exists()  # the refusal deleted nothing
+    assert (out / "backup" / "state.json").exists()  # the refusal deleted nothing of the user's
+    assert not any(p.exists() for p in orphans)  # ... but the next run of the same output removed the orphans
     assert main([*argv, "--no-resume"]) == 0, capsys.readouterr().err
     assert (out / "model.keras").is_file() and not (out / "backup").exists()
 
