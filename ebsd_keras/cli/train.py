@@ -34,6 +34,17 @@ An interrupted run (crash, kill, preemption) is resumed by rerunning the same co
 completed epoch and ends with the same weights as an uninterrupted run (same seed, deterministic ops). --no-resume
 starts over and replaces the run's files. A finished run in OUT is not overwritten unless --no-resume is given.
 
+A damaged resume point (corrupt backup/state.json, truncated checkpoint) is refused with one line naming it; rerun
+with --no-resume to start over. Before anything is built, the run directory must be writable and every TFRecord
+shard of the train and val splits must match the SHA-256 recorded in metadata.json (a damaged, truncated or missing
+shard is named); a refused run leaves no run directory or config.json behind. Temporaries orphaned by a killed run
+(.best.keras.*.tmp.keras, backup/.ckpt-*.tmp.weights.h5) are removed when the same OUT is trained again.
+
+Training stops with exit status 1 (status "terminated_on_nan" or "diverged" in summary.json, no model.keras) when
+the loss becomes NaN/Inf, or diverges: the training loss, val_loss or the (val_)bce_gap at an epoch end is finite but
+more than 1e6 times its value at the first epoch of this process. The diverged epoch is neither backed up nor saved
+as best.keras: both keep the last good epoch.
+
 Settings come from --config FILE (JSON with TrainConfig fields) and the flags below; flags win.
 """
 

@@ -253,3 +253,24 @@ def test_ebsdsim_source_without_the_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ebsdsim)
     with pytest.raises(EBSDInputError, match="pip install ebsdsim"):
         ebsdsim_master_pattern(20.0)
+
+
+def test_constant_simulated_patterns_are_refused_when_all_and_warned_when_some(caplog, tmp_path):
+    """A broken master pattern or geometry projects flat patterns: all of them is an error, some a warning."""
+    with pytest.raises(EBSDInputError, match="all 6 simulated patterns are constant"):
+        build_mod._check_constant(6, 6, tmp_path / "ds")
+    with caplog.at_level("WARNING"):
+        build_mod._check_constant(2, 6, tmp_path / "ds")
+    assert "2 of 6 simulated patterns are constant" in caplog.text
+    build_mod._check_constant(0, 6, tmp_path / "ds")  # nothing to say
+
+
+def test_master_pattern_files_are_checked_before_kikuchipy(tmp_path):
+    (tmp_path / "mp.h5").write_text("not HDF5")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(EBSDInputError, match="not an HDF5 file"):
+        build_mod._check_master_file(tmp_path / "mp.h5")
+    with pytest.raises(EBSDInputError, match="is a directory"):
+        build_mod._check_master_file(tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        build_mod._check_master_file(tmp_path / "missing.h5")
