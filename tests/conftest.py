@@ -5,8 +5,16 @@ the tests build are the same on every machine and in every run: a test cannot pa
 lucky initialisation. Tests that study seeding set their own seeds on top of this.
 """
 
+import sys
+from pathlib import Path
+
 import keras
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the shared helpers (_ni20, _gen_models)
+# The tiny Ni 20 kV dataset, test set and dictionary shared by tests/indexing and tests/evaluation (session-scoped,
+# built only when a test asks for them).
+from _ni20 import dataset_dir, indexer, perturb, test_set, true_di  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+from _ni20 import N_TEST  # noqa: E402 - tests/ is on sys.path (tests/conftest.py)
 
 from ebsd_keras.cli import main
 from ebsd_keras.errors import EBSDInputError
@@ -25,8 +26,6 @@ from ebsd_keras.evaluation.run import (
 )
 from ebsd_keras.io.testset import load_test_set
 from ebsd_keras.serving.models import load_model
-
-from .conftest import N_TEST
 
 FIGURES = (
     "patterns.png",

@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 import pytest
+from _ni20 import N_TEST, RESOLUTION_DEG  # noqa: E402 - tests/ is on sys.path (tests/conftest.py)
 from orix.quaternion import symmetry
 from orix.sampling import get_sample_fundamental
 
@@ -17,8 +18,6 @@ from ebsd_keras.indexing.dictionary import (
     master_pattern_from_metadata,
 )
 from ebsd_keras.orientation import disorientation
-
-from .conftest import N_TEST, RESOLUTION_DEG
 
 
 def test_dictionary_is_preprocessed_like_the_dataset(indexer, test_set):

@@ -1,4 +1,5 @@
-"""Shared fixtures of the evaluation tests: one tiny Ni 20 kV dataset (embedded EMsoft master pattern, CLAHE) and
+"""Shared fixtures of the indexing and evaluation tests (registered suite-wide by tests/conftest.py, built only
+when a test asks for them): one tiny Ni 20 kV dataset (embedded EMsoft master pattern, CLAHE) and
 one 3-degree dictionary, built once per session.
 
 A 3 deg cubochoric dictionary (30,443 patterns) is the coarsest that indexes every test pattern correctly here:
@@ -10,10 +11,6 @@ every DI error at 3 deg falls within (measured maximum 2.4 deg).
 import numpy as np
 import pytest
 
-from ebsd_keras.data.build import build_dataset
-from ebsd_keras.indexing.dictionary import indexer_from_metadata
-from ebsd_keras.io.testset import load_test_set
-
 #: Dictionary resolution of the tests, degrees.
 RESOLUTION_DEG = 3.0
 #: Test patterns per set.
@@ -23,6 +20,8 @@ N_TEST = 30
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory):
     """builder output: train/val/test.h5 + dataset.json; the test split is 30 of a cubochoric N = 25 grid."""
+    from ebsd_keras.data.build import build_dataset
+
     out = tmp_path_factory.mktemp("evaluation") / "ni20"
     build_dataset(
         out,
@@ -37,11 +36,15 @@ def dataset_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def test_set(dataset_dir):
+    from ebsd_keras.io.testset import load_test_set
+
     return load_test_set(dataset_dir, n=N_TEST, seed=0)
 
 
 @pytest.fixture(scope="session")
 def indexer(test_set):
+    from ebsd_keras.indexing.dictionary import indexer_from_metadata
+
     ix = indexer_from_metadata(test_set.metadata, 20.0, resolution_deg=RESOLUTION_DEG, progress=False)
     ix.dictionary_patterns()  # project once, cached for every test
     return ix
