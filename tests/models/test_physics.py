@@ -2,7 +2,6 @@
 dataset's CLAHE reproduced in the graph, serialization, training, export of the learned master pattern, CVAEGAN."""
 
 import dataclasses
-import itertools
 
 import h5py
 import keras
@@ -21,8 +20,6 @@ from ebsd_keras.models.decoders import DECODERS, build_decoder
 from ebsd_keras.models.physics import MasterPatternTexture, PhysicsDecoder, sector_side, voltage_weights
 from ebsd_keras.models.presets import ModelConfig, count_parameters, get_preset
 from ebsd_keras.models.tools import export_master_pattern, master_pattern_hemispheres, texture_ncc, with_contrast
-from ebsd_keras.simulations.physics import bragg_angle_rad, cubic_plane_normals, electron_wavelength_angstrom
-from ebsd_keras.simulations.projection import fold_directions, lambert_coordinates, lambert_grid_directions
 
 N = 24
 PC = (0.5, 0.5, 0.6)
@@ -76,35 +73,6 @@ def test_emsoft_nickel_master_pattern_has_the_symmetry_built_in(emsoft):
     np.testing.assert_array_equal(north, south)  # centrosymmetric m-3m: one hemisphere is enough
     for flipped in (north[::-1], north[:, ::-1], north.T, north[::-1, ::-1].T):
         np.testing.assert_array_equal(north, flipped)  # 4mm about [001] on the Lambert square, exactly
-
-
-def test_fold_is_invariant_under_the_point_group_and_lands_in_the_sector():
-    rng = np.random.default_rng(0)
-    v = rng.normal(size=(500, 3))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    folded = np.stack(fold_directions(*v.T, "m-3m"), axis=-1)
-    x, y, z = folded.T
-    assert np.all((0 <= y) & (y <= x) & (x <= z))
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((-1, 1), repeat=3):
-            w = v[:, perm] * np.array(signs)
-            np.testing.assert_allclose(np.stack(fold_directions(*w.T, "m-3m"), axis=-1), folded, atol=1e-15)
-    tetragonal = np.stack(fold_directions(*v.T, "4/mmm"), axis=-1)
-    np.testing.assert_allclose(np.stack(fold_directions(-v[:, 1], v[:, 0], -v[:, 2], "4/mmm"), -1), tetragonal)
-    # keras.ops and numpy agree
-    k = np.stack([np.asarray(c) for c in fold_directions(*(tf.constant(c) for c in v.T), "m-3m")], axis=-1)
-    np.testing.assert_allclose(k, folded, atol=1e-12)
-
-
-def test_lambert_grid_directions_invert_the_lambert_mapping():
-    npx = 25
-    v = lambert_grid_directions(npx)
-    np.testing.assert_allclose(np.linalg.norm(v, axis=-1), 1.0, atol=1e-12)
-    assert (v[..., 2] >= -1e-12).all()
-    row, col, north = lambert_coordinates(tf.constant(v.reshape(-1, 3)), npx)
-    rows, cols = np.meshgrid(np.arange(2 * npx + 1), np.arange(2 * npx + 1), indexing="ij")
-    np.testing.assert_allclose(np.asarray(row).reshape(rows.shape), rows, atol=1e-9)
-    np.testing.assert_allclose(np.asarray(col).reshape(cols.shape), cols, atol=1e-9)
 
 
 @pytest.mark.parametrize("npx", [10, 57, 100, 200])
@@ -353,22 +321,6 @@ def test_export_master_pattern_is_an_emsoft_file_and_compares_with_the_truth(tmp
 # ------------------------------------------------------------------------------------------ voltage: band profiles
 
 
-def test_bragg_angles_follow_the_relativistic_wavelength_as_diffsims():
-    from diffsims.crystallography import ReciprocalLatticeVector
-
-    from ebsd_keras.data.simulate import NICKEL_REFLECTORS, _nickel_phase
-
-    _, family, hkl2 = cubic_plane_normals(NICKEL_REFLECTORS)
-    assert np.bincount(family).tolist() == [4, 3, 6, 12, 4]  # planes per family, +-g counted once
-    ref = ReciprocalLatticeVector(_nickel_phase(), hkl=np.array(NICKEL_REFLECTORS))
-    for kv in (10.0, 20.0, 30.0):
-        ref.calculate_theta(kv * 1e3)
-        ours = bragg_angle_rad(kv, 0.35236 / np.sqrt(hkl2))
-        # diffsims adds the refraction correction (mean inner potential): well under 0.5 % at 10-30 kV
-        np.testing.assert_allclose(ours, ref.theta, rtol=5e-3)
-    assert electron_wavelength_angstrom(20.0) == pytest.approx(0.08588, abs=2e-5)
-
-
 def _band_decoder(texture=False, npx=20):
     cfg = _physics(
         use_voltage=True,
@@ -473,6 +425,7 @@ def test_with_contrast_switches_raw_training_to_clahe_output_with_the_same_weigh
     with EMsoft's texture in place, the switched model reproduces the dataset's CLAHE'd projection."""
     from ebsd_keras.data.preprocess import clahe
     from ebsd_keras.data.simulate import rescale_per_pattern
+
     cfg = _physics(physics_npx=100, physics_contrast="rescale", physics_residual=(0, 0))
     raw_model = CVAEGAN(config=cfg, seed=0)
     raw_model.decoder.master_pattern.set_master_pattern(emsoft.north[0])

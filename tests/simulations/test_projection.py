@@ -1,5 +1,6 @@
 """Detector geometry and the keras.ops master-pattern projection, validated against kikuchipy."""
 
+import itertools
 import json
 
 import keras
@@ -28,6 +29,7 @@ from ebsd_keras.simulations import (
     sample_lambert,
 )
 from ebsd_keras.simulations.geometry import sample_to_detector_matrix
+from ebsd_keras.simulations.projection import fold_directions, lambert_grid_directions
 
 pytestmark = pytest.mark.emsoft
 
@@ -397,3 +399,32 @@ def test_adam_refinement_recovers_a_half_degree_perturbation(master_pattern, rot
     final = Rotation(np.asarray(_qmul(_exp_map(w), q0), np.float64))
     err = np.rad2deg((~rot * final).angle)
     assert err.max() < 0.05, err
+
+
+def test_fold_is_invariant_under_the_point_group_and_lands_in_the_sector():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(500, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    folded = np.stack(fold_directions(*v.T, "m-3m"), axis=-1)
+    x, y, z = folded.T
+    assert np.all((0 <= y) & (y <= x) & (x <= z))
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((-1, 1), repeat=3):
+            w = v[:, perm] * np.array(signs)
+            np.testing.assert_allclose(np.stack(fold_directions(*w.T, "m-3m"), axis=-1), folded, atol=1e-15)
+    tetragonal = np.stack(fold_directions(*v.T, "4/mmm"), axis=-1)
+    np.testing.assert_allclose(np.stack(fold_directions(-v[:, 1], v[:, 0], -v[:, 2], "4/mmm"), -1), tetragonal)
+    # keras.ops and numpy agree
+    k = np.stack([np.asarray(c) for c in fold_directions(*(tf.constant(c) for c in v.T), "m-3m")], axis=-1)
+    np.testing.assert_allclose(k, folded, atol=1e-12)
+
+
+def test_lambert_grid_directions_invert_the_lambert_mapping():
+    npx = 25
+    v = lambert_grid_directions(npx)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=-1), 1.0, atol=1e-12)
+    assert (v[..., 2] >= -1e-12).all()
+    row, col, north = lambert_coordinates(tf.constant(v.reshape(-1, 3)), npx)
+    rows, cols = np.meshgrid(np.arange(2 * npx + 1), np.arange(2 * npx + 1), indexing="ij")
+    np.testing.assert_allclose(np.asarray(row).reshape(rows.shape), rows, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(col).reshape(cols.shape), cols, atol=1e-9)
