@@ -130,9 +130,21 @@ def test_init_from_a_non_model_file(data30, tmp_path, capsys):
     _fails(argv, capsys, "junk.keras", "init_from")
 
 
-def test_critic_without_init_from_warns(data30, tmp_path, capsys, caplog):
-    # Trains from scratch (after a warning); here the tiny preset then meets 30x30 data and stops with exit 2.
+def test_shape_mismatch_is_refused_before_any_model_is_built(data30, tmp_path, capsys, caplog):
+    # The tiny preset takes 60x60: refused from metadata.json alone, before the (critic-from-scratch) model is built,
+    # and nothing is left in OUT.
     argv = ["train", "--data", str(data30), "--phase", "critic", "--preset", "tiny", "-o", str(tmp_path / "o")]
     with caplog.at_level(logging.WARNING):
         _fails(argv, capsys, "pattern_shape")
+    assert not any("without init_from" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "o").exists()
+
+
+def test_critic_without_init_from_warns(caplog):
+    from ebsd_keras.training import TrainConfig
+    from ebsd_keras.training.phases import _build_model
+
+    cfg = TrainConfig(data_dir="d", output_dir="o", phase="critic", preset="tiny", seed=0).resolved()
+    with caplog.at_level(logging.WARNING):
+        _build_model(cfg)  # trains from scratch, after a warning
     assert any("without init_from" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)

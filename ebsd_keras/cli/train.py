@@ -200,10 +200,13 @@ def _check_data_fits(config) -> None:
     that keep patterns, a batch no larger than the training split, a preset whose pattern size is the data's."""
     from ebsd_keras.data.pipeline import dataset_size
     from ebsd_keras.io.tfrecord import read_metadata
-    from ebsd_keras.models.presets import get_preset
     from ebsd_keras.training.phases import _check_shape, _steps_per_epoch
 
     meta = read_metadata(config.data_dir)
+    cfg = config.resolved()
+    image_shape = _model_image_shape(cfg)
+    if image_shape is not None:
+        _check_shape(cfg, meta, image_shape)
     n = dataset_size(config.data_dir, "train", voltages=config.voltages, exclude_voltages=config.exclude_voltages)
     if n == 0:
         raise EBSDInputError(
@@ -212,9 +215,22 @@ def _check_data_fits(config) -> None:
             "--kv/--exclude-kv",
         )
     _steps_per_epoch(config, dataset_size)  # batch larger than the split
-    if config.init_from is None:
-        cfg = config.resolved()
-        _check_shape(cfg, meta, tuple(get_preset(cfg.preset, **cfg.model).image_shape))
+
+
+def _model_image_shape(cfg):
+    """The pattern size (H, W) the run's model will take: the preset's, or the one recorded in ``init_from``'s
+    config (read from the archive, nothing deserialised); None when it cannot be read here (train() will say)."""
+    from ebsd_keras.models.presets import get_preset
+
+    if cfg.init_from is None:
+        return tuple(get_preset(cfg.preset, **cfg.model).image_shape)
+    try:
+        from ebsd_keras.serving.models import inspect_model_file
+
+        shape = inspect_model_file(cfg.init_from)["model_config"].get("image_shape")
+    except Exception:  # noqa: BLE001 - a foreign file: train() loads it and names the problem
+        return None
+    return tuple(int(s) for s in shape) if shape else None
 
 
 def _outputs_before(out: str):
