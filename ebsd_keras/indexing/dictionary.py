@@ -340,8 +340,8 @@ class Indexer:
         kikuchipy ``EBSDMasterPattern``, square Lambert, both hemispheres (from
         :func:`ebsd_keras.data.simulate.load_master_pattern` or ``kinematical_master_pattern``).
     detector
-        Detector dictionary as in the dataset metadata (Bruker ``pc``, ``shape``, ``tilt_deg``,
-        ``sample_tilt_deg``, ``px_size_um``, ``binning``).
+        :class:`~ebsd_keras.simulations.geometry.DetectorGeometry`, or the detector dictionary of the dataset
+        metadata (Bruker ``pc``, ``shape``, ``tilt_deg``, ``sample_tilt_deg``, ``px_size_um``, ``binning``).
     energy_kv
         Accelerating voltage, kV (checked against the master pattern's).
     clahe_config
@@ -363,7 +363,7 @@ class Indexer:
     def __init__(
         self,
         master_pattern,
-        detector: dict,
+        detector,
         energy_kv: float,
         clahe_config: CLAHEConfig | None = DEFAULT_CLAHE,
         *,
@@ -393,7 +393,7 @@ class Indexer:
                 self.source.get("file"),
                 "energy_kv",
             )
-        det = dict(detector)
+        det = detector.to_dict() if isinstance(detector, DetectorGeometry) else dict(detector)
         self.detector_dict = det
         kwargs = {
             k: det[k] for k in ("shape", "pc", "tilt_deg", "sample_tilt_deg", "px_size_um", "binning") if k in det

@@ -147,3 +147,12 @@ def test_master_pattern_of_an_ebsdsim_dataset_is_simulated_again(monkeypatch):
     assert master_pattern_from_metadata(meta, 15.0) == "mp" and calls == [(15.0, 40)]
     with pytest.raises(EBSDInputError, match="no master pattern for 20 kV"):
         master_pattern_from_metadata(meta, 20.0, path="set.h5")
+
+
+def test_the_indexer_takes_the_one_detector_type(indexer):
+    """A DetectorGeometry is accepted wherever the dataset's detector dict is: the same geometry comes out."""
+    from ebsd_keras.indexing.dictionary import Indexer
+
+    again = Indexer(indexer.master_pattern, indexer.geometry, 20.0, indexer.clahe_config, resolution_deg=10.0)
+    assert again.geometry == indexer.geometry and again.shape == indexer.shape
+    np.testing.assert_allclose(again.project(np.array([[1.0, 0, 0, 0]])), indexer.project(np.array([[1.0, 0, 0, 0]])))
