@@ -366,5 +366,9 @@ def atomic_npy(target, shape, dtype=np.float32, overwrite: bool = True):
     # Unbuffered: every write error surfaces in write(), none is deferred to close().
     with atomic_path(target, overwrite=overwrite) as tmp, open(tmp, "wb", buffering=0) as f:
         writer = NpyWriter(f, shape, dtype, path=target)
+        free = shutil.disk_usage(Path(tmp).parent).free
+        if free < writer.total:  # the size is exact (no compression): a disk too full fails before any work
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: needs {writer.total / 1e6:.1f} MB, "
+                          f"{free / 1e6:.1f} MB free", str(target))  # fmt: skip
         yield writer
         writer.close()

@@ -277,3 +277,14 @@ def test_npy_writer_header_is_readable_before_any_row(tmp_path):
         w = NpyWriter(f, (4, 2), np.int16)
         w.close()
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.zeros((4, 2), np.int16))
+
+
+def test_npy_larger_than_the_free_space_fails_before_writing(tmp_path, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(_atomic.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(OSError, match="needs 0.0 MB, 0.0 MB free") as info, atomic_npy(tmp_path / "g.npy", (50, 50)):
+        pytest.fail("the block must not run")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "g.npy")
+    assert list(tmp_path.iterdir()) == []
