@@ -23,6 +23,10 @@ def test_the_table_covers_every_subcommand_with_150_cases():
     assert {c.id.split("-")[0] for c in TABLE} == set(SUBCOMMANDS)
 
 
+def test_the_markdown_table_is_up_to_date():
+    assert (Path(__file__).with_name("CASES.md")).read_text() == cases.markdown(TABLE)
+
+
 @pytest.fixture(scope="module")
 def resources(tmp_path_factory):
     return cases.build_resources(tmp_path_factory.mktemp("hostile") / "R")
