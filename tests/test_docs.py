@@ -361,6 +361,8 @@ def test_readme_is_for_users():
     assert len(text) <= README_LIMIT, f"README.md has {len(text)} characters (at most {README_LIMIT})"
     for needed in ("## Two commands", "## Five-minute tour", "## Shipped models", "## Results", "docs/"):
         assert needed in text
+    for page in sorted((REPO / "docs").glob("*.md")):  # no page a user cannot find from the README
+        assert f"](docs/{page.name})" in text, f"README.md does not link to docs/{page.name}"
     shipped = sorted(p.parent.name for p in (REPO / "saved_models").glob("*/model_card.json"))
     for name in shipped:  # every shipped model is in the table, with its card's voltage range
         card = json.loads((REPO / "saved_models" / name / "model_card.json").read_text())
