@@ -361,14 +361,15 @@ def test_readme_is_for_users():
     assert len(text) <= README_LIMIT, f"README.md has {len(text)} characters (at most {README_LIMIT})"
     for needed in ("## Two commands", "## Five-minute tour", "## Shipped models", "## Results", "docs/"):
         assert needed in text
-    for page in sorted((REPO / "docs").glob("*.md")):  # no page a user cannot find from the README
-        assert f"](docs/{page.name})" in text, f"README.md does not link to docs/{page.name}"
+    for page in sorted((REPO / "docs").glob("*.md")):  # every page findable from the README, listed once
+        assert text.count(f"| [docs/{page.name}](docs/{page.name}) |") == 1, f"docs/{page.name} in 'Where to go next'"
     shipped = sorted(p.parent.name for p in (REPO / "saved_models").glob("*/model_card.json"))
     for name in shipped:  # every shipped model is in the table, with its card's voltage range
         card = json.loads((REPO / "saved_models" / name / "model_card.json").read_text())
         lo, hi = card["trained_voltage_kv"]
         kv = f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
-        assert re.search(rf"\| `{name}` \| {kv} \|", text), f"README's model table lacks `{name}` at {kv} kV"
+        rows = re.findall(rf"(?m)^\| `{name}` \| {kv} \|", text)
+        assert len(rows) == 1, f"README's model table has {len(rows)} rows for `{name}` at {kv} kV (one wanted)"
 
 
 def test_every_bash_and_python_block_has_a_known_directive():
