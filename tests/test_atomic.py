@@ -110,7 +110,7 @@ def test_file_size_limit_gives_efbig_not_a_signal(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
         try:
-            with atomic_npy({str(tmp_path / 'big.npy')!r}, (64, 64, 64)) as w:
+            with atomic_npy({str(tmp_path / "big.npy")!r}, (64, 64, 64)) as w:
                 for i in range(64):
                     w.write(i, np.ones((1, 64, 64)))
         except OSError as exc:
@@ -161,9 +161,9 @@ def test_kill_during_write_leaves_an_orphan_that_the_next_run_removes(tmp_path):
         import os, signal
         import numpy as np
         from ebsd_keras._atomic import atomic_dir, atomic_npy
-        with atomic_dir({str(tmp_path / 'ds')!r}) as d:
+        with atomic_dir({str(tmp_path / "ds")!r}) as d:
             (d / 'train.h5').write_bytes(b'half')
-            with atomic_npy({str(tmp_path / 'g.npy')!r}, (10, 4)) as w:
+            with atomic_npy({str(tmp_path / "g.npy")!r}, (10, 4)) as w:
                 w.write(0, np.ones((5, 4)))
                 os.kill(os.getpid(), signal.SIGKILL)
     """)

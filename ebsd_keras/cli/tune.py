@@ -61,10 +61,8 @@ def register(subparsers) -> None:
 def _check_data(space, data_dir) -> None:
     """Fail before any trial on a missing dataset, a missing val split, or patterns the preset cannot take."""
     from ebsd_keras.errors import EBSDInputError
-    from ebsd_keras.io.tfrecord import read_metadata
+    from ebsd_keras.io.tfrecord import read_metadata, verify_shards
     from ebsd_keras.models.presets import get_preset
-
-    from ebsd_keras.io.tfrecord import verify_shards
 
     meta = read_metadata(data_dir)
     verify_shards(data_dir, ("train", "val"), meta)  # a damaged shard fails here, not in trial 1 after minutes
@@ -81,11 +79,10 @@ def _check_data(space, data_dir) -> None:
 
 
 def run(args) -> int:
-    from ebsd_keras.errors import EBSDInputError
-    from ebsd_keras.tuning.space import load_search_space
-
     from ebsd_keras._atomic import check_writable
     from ebsd_keras.checks import check_input_file
+    from ebsd_keras.errors import EBSDInputError
+    from ebsd_keras.tuning.space import load_search_space
 
     space = load_search_space(check_input_file(args.space, "SPACE", "search-space file"))
     if args.max_trials is not None and args.max_trials < 1:

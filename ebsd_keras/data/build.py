@@ -374,6 +374,8 @@ def build_dataset(
     dict
         The contents of ``dataset.json``.
     """
+    from ebsd_keras._atomic import check_writable
+    from ebsd_keras.checks import constant_pattern_count
     from ebsd_keras.data.simulate import (
         DEFAULT_DETECTOR,
         detector_to_dict,
@@ -383,9 +385,6 @@ def build_dataset(
     )
     from ebsd_keras.io.emsoft import EMEBSDWriter
     from ebsd_keras.orientation import quaternion_to_euler
-
-    from ebsd_keras._atomic import check_writable
-    from ebsd_keras.checks import constant_pattern_count
 
     t0 = time.perf_counter()
     phase_obj, source = _phase_and_source(phase, master_pattern, source)

@@ -566,9 +566,8 @@ def _write_all(
 
 def _write_source(writer, encoder, path, info, source_id, shape, preprocess, read: dict, bar):
     """Stream one file into ``writer``; returns (patterns written, {kV: count})."""
-    from ebsd_keras.io.emsoft import iter_emebsd
-
     from ebsd_keras.checks import constant_pattern_count
+    from ebsd_keras.io.emsoft import iter_emebsd
 
     volts: dict[float, int] = {}
     n = constant = 0
@@ -786,9 +785,7 @@ def verify_shards(data_dir, splits=None, metadata: dict | None = None) -> int:
     if bad:
         path, why = bad[0]
         more = f" ({len(bad)} of {n} shards bad)" if len(bad) > 1 else ""
-        raise EBSDInputError(
-            f"{why}{more}; re-create the dataset with `ebsd-keras convert`", path, field
-        )
+        raise EBSDInputError(f"{why}{more}; re-create the dataset with `ebsd-keras convert`", path, field)
     return n
 
 

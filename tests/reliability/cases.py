@@ -126,12 +126,19 @@ def cases() -> list[Case]:
         Case("train-config-dir", ("train", "--config", "{R}/adir", "-o", "{W}/run"), IS_DIR),
         Case("train-kv-not-in-data", (*T, "{R}/tfr", "-o", "{W}/run", "--kv", "30", *TRAIN_FAST), r"(30|voltage|kv)"),
         Case("train-shape-mismatch", (*T, "{R}/tfr30", "-o", "{W}/run", *TRAIN_FAST), r"30x30"),
-        Case("train-batch-too-big", (*T, "{R}/tfr", "-o", "{W}/run", "--preset", "tiny", "--epochs", "1",
-                                     "--batch-size", "4096", "-q"), r"batch"),  # fmt: skip
+        Case(
+            "train-batch-too-big",
+            (*T, "{R}/tfr", "-o", "{W}/run", "--preset", "tiny", "--epochs", "1", "--batch-size", "4096", "-q"),
+            r"batch",
+        ),  # fmt: skip
         Case("train-no-data", ("train", "-o", "{W}/run"), r"--data"),
         Case("train-bad-weight", (*T, "{R}/tfr", "-o", "{W}/run", "--loss-weight", "kl", *TRAIN_FAST), "loss-weight"),
-        Case("train-corrupt-state", (*T, "{R}/tfr", "-o", "{W}/run", *TRAIN_FAST), r"state\.json.*(--no-resume)",
-             setup=("run/config.json=CONFIG", "run/backup/state.json={not json", "run/backup/ckpt-0.weights.h5")),
+        Case(
+            "train-corrupt-state",
+            (*T, "{R}/tfr", "-o", "{W}/run", *TRAIN_FAST),
+            r"state\.json.*(--no-resume)",
+            setup=("run/config.json=CONFIG", "run/backup/state.json={not json", "run/backup/ckpt-0.weights.h5"),
+        ),
     ]
 
     # ----------------------------------------------------------------------------------------------- tune
@@ -143,7 +150,11 @@ def cases() -> list[Case]:
         Case("tune-space-missing", ("tune", "{R}/nothere.toml", "--data", "{R}/tfr", "-o", "{W}/s"), MISSING),
         Case("tune-space-dir", ("tune", "{R}/adir", "--data", "{R}/tfr", "-o", "{W}/s"), IS_DIR),
         Case("tune-space-garbage", ("tune", "{R}/text.h5", "--data", "{R}/tfr", "-o", "{W}/s"), r"(toml|space)"),
-        Case("tune-space-empty", ("tune", "{R}/empty.txt", "--data", "{R}/tfr", "-o", "{W}/s"), r"(toml|space|search|hyper)"),
+        Case(
+            "tune-space-empty",
+            ("tune", "{R}/empty.txt", "--data", "{R}/tfr", "-o", "{W}/s"),
+            r"(toml|space|search|hyper)",
+        ),
     ]
 
     # ----------------------------------------------------------------------------------------------- convert
@@ -157,8 +168,7 @@ def cases() -> list[Case]:
         Case("convert-all-constant", (*CV, "train={R}/zeros.h5", "-o", "{W}/rec", "-q"), r"constant"),
         Case("convert-shard-size-0", (*CV, "train={R}/train.h5", "-o", "{W}/rec", "--shard-size", "0"), "shard-size"),
         Case("convert-clip-without-clahe", (*CV, "{R}/train.h5", "-o", "{W}/rec", "--clip-limit", "2"), "clahe"),
-        Case("convert-bad-voltage", (*CV, "{R}/train.h5", "-o", "{W}/rec", "--voltage-kv", "20000", "-q"),
-             r"voltage"),
+        Case("convert-bad-voltage", (*CV, "{R}/train.h5", "-o", "{W}/rec", "--voltage-kv", "20000", "-q"), r"voltage"),
         Case("convert-no-split-dir", (*CV, "{R}/adir", "-o", "{W}/rec", "-q"), r"(no .*h5|split|adir)"),
         Case("convert-output-is-input", (*CV, "train={R}/train.h5", "-o", "{R}/train.h5", "-q"), EXISTS),
     ]
@@ -184,13 +194,22 @@ def cases() -> list[Case]:
     for ext in (".npy", ".h5", ".npz", ".png"):
         c += _output_cases("generate", lambda o: (*G, "-m", "{R}/model.keras", "-o", o, "--no-progress"), ext, "file")
     c += [
-        Case("generate-euler-count", ("generate", "--euler", "0.1", "0.2", "-m", "{R}/model.keras", "-o", "{W}/g.npy"),
-             r"--euler"),
+        Case(
+            "generate-euler-count",
+            ("generate", "--euler", "0.1", "0.2", "-m", "{R}/model.keras", "-o", "{W}/g.npy"),
+            r"--euler",
+        ),
         Case("generate-bad-suffix", (*G, "-m", "{R}/model.keras", "-o", "{W}/g.txt"), r"(suffix|\.txt|output)"),
-        Case("generate-bad-kv", ("generate", "--euler", "0.1", "0.2", "0.3", "--kv", "20000", "-m", "{R}/model.keras",
-                                 "-o", "{W}/g.npy"), r"(voltage|kv)"),  # fmt: skip
-        Case("generate-angles-h5-text", ("generate", "--angles", "{R}/text.h5", "-m", "{R}/model.keras", "-o",
-                                         "{W}/g.npy"), NOT_HDF5),  # fmt: skip
+        Case(
+            "generate-bad-kv",
+            ("generate", "--euler", "0.1", "0.2", "0.3", "--kv", "20000", "-m", "{R}/model.keras", "-o", "{W}/g.npy"),
+            r"(voltage|kv)",
+        ),  # fmt: skip
+        Case(
+            "generate-angles-h5-text",
+            ("generate", "--angles", "{R}/text.h5", "-m", "{R}/model.keras", "-o", "{W}/g.npy"),
+            NOT_HDF5,
+        ),  # fmt: skip
     ]
 
     # ----------------------------------------------------------------------------------------------- export
@@ -198,14 +217,36 @@ def cases() -> list[Case]:
         c.append(Case(f"export-{key}", ("export", path, "-o", "{W}/served"), msg))
     c += _output_cases("export", lambda o: ("export", "{R}/model.keras", "-o", o), "", "rundir")
     c += [
-        Case("export-keras-parent-is-file", ("export", "{R}/model.keras", "-o", "{W}/served", "--contrast", "rescale",
-                                             "--keras", "{R}/blocker/m.keras"), PARENT_FILE),  # fmt: skip
-        Case("export-keras-bad-suffix", ("export", "{R}/model.keras", "-o", "{W}/served", "--contrast", "rescale",
-                                         "--keras", "{W}/m.h5"), r"\.keras"),  # fmt: skip
-        Case("export-keras-is-dir", ("export", "{R}/model.keras", "-o", "{W}/served", "--contrast", "rescale",
-                                     "--keras", "{W}/m.keras"), IS_DIR, setup=("m.keras/",)),  # fmt: skip
-        Case("export-clip-without-contrast", ("export", "{R}/model.keras", "-o", "{W}/served", "--clip-limit", "3"),
-             r"contrast"),
+        Case(
+            "export-keras-parent-is-file",
+            (
+                "export",
+                "{R}/model.keras",
+                "-o",
+                "{W}/served",
+                "--contrast",
+                "rescale",
+                "--keras",
+                "{R}/blocker/m.keras",
+            ),
+            PARENT_FILE,
+        ),  # fmt: skip
+        Case(
+            "export-keras-bad-suffix",
+            ("export", "{R}/model.keras", "-o", "{W}/served", "--contrast", "rescale", "--keras", "{W}/m.h5"),
+            r"\.keras",
+        ),  # fmt: skip
+        Case(
+            "export-keras-is-dir",
+            ("export", "{R}/model.keras", "-o", "{W}/served", "--contrast", "rescale", "--keras", "{W}/m.keras"),
+            IS_DIR,
+            setup=("m.keras/",),
+        ),  # fmt: skip
+        Case(
+            "export-clip-without-contrast",
+            ("export", "{R}/model.keras", "-o", "{W}/served", "--clip-limit", "3"),
+            r"contrast",
+        ),
     ]
 
     # ----------------------------------------------------------------------------------------------- refine
@@ -228,8 +269,8 @@ def cases() -> list[Case]:
     for key, (path, msg) in BAD_MODELS.items():
         c.append(Case(f"evaluate-{key}", (*EV, "--model", path, "--test", "{R}/train.h5", "-o", "{W}/rep", *EVAL_FAST),
                       msg))  # fmt: skip
-    for key, (path, msg) in {**BAD_H5, **{k: v for k, v in BAD_TFR.items() if k in (
-            "tfr_no_metadata", "tfr_bad_json", "tfr_flipped_byte", "tfr_missing_shard", "tfr_truncated_shard")}}.items():  # fmt: skip
+    tfr_keys = ("tfr_no_metadata", "tfr_bad_json", "tfr_flipped_byte", "tfr_missing_shard", "tfr_truncated_shard")
+    for key, (path, msg) in {**BAD_H5, **{k: v for k, v in BAD_TFR.items() if k in tfr_keys}}.items():
         msg = r"(metadata\.json|test\.h5|neither)" if key in ("tfr_no_metadata", "h5_dir") else msg
         c.append(Case(f"evaluate-test-{key}", (*EV, "--true-only", "--test", path, "-o", "{W}/rep", "--split", "train",
                                                *EVAL_FAST), msg))  # fmt: skip
@@ -449,8 +490,8 @@ def _worker(resources: str, tmp: str, ids: list[int]) -> None:
     table = cases()
     for i in ids:
         r = run_case(table[i], Path(resources), Path(tmp) / f"W{i}")
-        print("RESULT " + json.dumps({"i": i, **{k: r[k] for k in ("code", "traceback", "left", "message_ok", "last")}}),
-              flush=True)  # fmt: skip
+        keep = ("code", "traceback", "left", "message_ok", "last")
+        print("RESULT " + json.dumps({"i": i, **{k: r[k] for k in keep}}), flush=True)
 
 
 def _main(argv) -> int:
@@ -494,7 +535,8 @@ def _main(argv) -> int:
                     counts["cases"] += 1
                     counts["crashes"] += 1
                     counts["wrong_exit"] += 1
-                    print(f"FAIL {case.id:45} CRASH (exit {proc.returncode}) | {proc.stderr.strip()[-150:]!r}", flush=True)
+                    tail = proc.stderr.strip()[-150:]
+                    print(f"FAIL {case.id:45} CRASH (exit {proc.returncode}) | {tail!r}", flush=True)
                     todo = todo[1:]
     print(json.dumps(counts))
     return 0

@@ -110,8 +110,8 @@ def test_corrupt_state_json_is_one_line_and_no_resume_starts_over(tiny_data, tmp
     # what kill -9 during a checkpoint write leaves: temporaries of a process that no longer exists
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphans = [out / f".best.keras.{dead.pid}@{_atomic._host_tag()}-0badc0de.tmp.keras",
-               out / "backup" / f".ckpt-1.weights.h5.{dead.pid}@{_atomic._host_tag()}-0badc0de.tmp.weights.h5"]  # fmt: skip
+    tag = f"{dead.pid}@{_atomic._host_tag()}-0badc0de"
+    orphans = [out / f".best.keras.{tag}.tmp.keras", out / "backup" / f".ckpt-1.weights.h5.{tag}.tmp.weights.h5"]
     for p in orphans:
         p.write_bytes(b"partial")
     argv = [*cli_argv(tiny_data, out), "--epochs", "1"]
