@@ -4,7 +4,7 @@ Training (resumable, ``ebsd-keras train``) runs on raw patterns with pixel subse
 
 ``clahe MODEL OUT``
     Writes a copy of a raw-trained field model (``physics_contrast="rescale"``) whose output goes through the
-    dataset's CLAHE (clip 10, 4 x 4 tiles) in the graph (:func:`ebsd_keras.models.field.field_with_contrast`).
+    dataset's CLAHE (clip 10, 4 x 4 tiles) in the graph (:func:`ebsd_keras.models.tools.field_with_contrast`).
 ``fidelity MODEL DATA [--n N]``
     Generates the deterministic path (z = 0) for the first N patterns of DATA's test split (a TFRecord directory)
     and prints the means of per-pattern NCC, BCE and BCE gap (per pixel, generated minus optimal), the mean absolute
@@ -37,7 +37,7 @@ def clahe_copy(model_path: str, out_path: str) -> None:
     import os
     import tempfile
 
-    from ebsd_keras.models.field import field_with_contrast
+    from ebsd_keras.models.tools import field_with_contrast
 
     model = field_with_contrast(_load(model_path), "clahe")
     # Keras needs a ".keras" name: save in a temporary directory beside the target, then rename

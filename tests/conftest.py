@@ -5,8 +5,15 @@ the tests build are the same on every machine and in every run: a test cannot pa
 lucky initialisation. Tests that study seeding set their own seeds on top of this.
 """
 
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+# numba (orix, kikuchipy) caches compiled functions next to the installed package; processes that compile at the same
+# time (the CLI tests start subprocesses) can leave a torn cache entry that segfaults every later import of orix.
+# A cache private to this test session (inherited by its subprocesses) cannot be torn by anything else.
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="ebsd-keras-numba-"))
 
 import keras
 import pytest

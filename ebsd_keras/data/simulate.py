@@ -343,6 +343,15 @@ def ebsdsim_master_pattern(energy_kv: float, half_size: int = 60, progress: bool
 
     energy = float(check_voltage_kv(energy_kv, None, "energy_kv"))
     kwargs = {"sigma_deg": 70.0, "verbosity": 1 if progress else 0, **options}
+    try:  # say so here, before a process is spawned, when the optional package is missing
+        import ebsdsim  # noqa: F401
+    except ImportError:
+        raise EBSDInputError(
+            "the ebsdsim source needs the optional 'ebsdsim' package (pip install ebsdsim) and a Vulkan/WebGPU "
+            "device (on a CPU-only machine: apt-get install mesa-vulkan-drivers)",
+            None,
+            "source",
+        ) from None
     # ebsdsim runs in a fresh process: the Vulkan software driver loads its own LLVM, and numba (kikuchipy, orix)
     # compiling in the same process afterwards segfaults. A spawned child imports neither.
     import multiprocessing

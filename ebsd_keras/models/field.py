@@ -40,12 +40,9 @@ from ebsd_keras.models.decoders import BaseDecoder, register_decoder
 from ebsd_keras.simulations.geometry import DetectorGeometry
 from ebsd_keras.simulations.projection import gnomonic_directions, quaternion_to_matrix
 
-try:  # the folding helper moves from models/physics.py to simulations/ (re-layout); either home works
-    from ebsd_keras.simulations.projection import fold_directions
-except ImportError:  # pragma: no cover - older layout
-    from ebsd_keras.models.physics import fold_directions
+from ebsd_keras.simulations.projection import fold_directions
 
-__all__ = ["FieldDecoder", "FIELD_CONTRASTS", "subsample_pixels", "field_with_contrast"]
+__all__ = ["FieldDecoder", "FIELD_CONTRASTS", "subsample_pixels"]
 
 _register = keras.saving.register_keras_serializable(package="ebsd_keras")
 #: Contrast paths the field supports (the physics decoder's fixed ones; its "learned" head is not offered).
@@ -241,39 +238,3 @@ class FieldDecoder(BaseDecoder):
 
 
 register_decoder("field", FieldDecoder)
-
-
-def field_with_contrast(model, contrast: str = "clahe", clip_limit: float | None = None, tiles=None):
-    """A copy of a field-decoder CVAEGAN with another output contrast and the same weights.
-
-    A field trained on raw patterns (``"rescale"``, where pixel subsets make training fast) generates CLAHE'd
-    patterns by putting the dataset's CLAHE after its min-max rescale: the raw intensities are unchanged.
-
-    Parameters
-    ----------
-    model
-        A :class:`~ebsd_keras.models.cvaegan.CVAEGAN` whose decoder is a :class:`FieldDecoder`.
-    contrast
-        One of :data:`FIELD_CONTRASTS`.
-    clip_limit, tiles
-        CLAHE clip limit and (rows, columns) tiles; None keeps the model's (the paper's 10 and 4 x 4 by default).
-
-    Returns
-    -------
-    CVAEGAN
-        A new, uncompiled model.
-    """
-    from ebsd_keras.models.cvaegan import CVAEGAN
-
-    if not isinstance(getattr(model, "decoder", None), FieldDecoder):
-        raise TypeError("expected a CVAEGAN whose decoder is a FieldDecoder")
-    if contrast not in FIELD_CONTRASTS:
-        raise ValueError(f"contrast must be one of {FIELD_CONTRASTS}, got {contrast!r}")
-    changes = {"physics_contrast": contrast}
-    if clip_limit is not None:
-        changes["physics_clahe_clip_limit"] = float(clip_limit)
-    if tiles is not None:
-        changes["physics_clahe_tiles"] = tuple(int(t) for t in tiles)
-    new = CVAEGAN(config=model.model_config.replace(**changes), seed=model.seed)
-    new.set_weights(model.get_weights())
-    return new

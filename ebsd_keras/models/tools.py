@@ -22,7 +22,7 @@ from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.models.physics import MasterPatternTexture, voltage_weights
 from ebsd_keras.simulations.projection import lambert_grid_directions, resample_lambert
 
-__all__ = ["master_pattern_hemispheres", "export_master_pattern", "texture_ncc", "with_contrast"]
+__all__ = ["master_pattern_hemispheres", "export_master_pattern", "texture_ncc", "with_contrast", "field_with_contrast"]
 
 
 def _decoder_of(model):
@@ -265,4 +265,41 @@ def with_contrast(model, contrast: str = "clahe", clip_limit: float | None = Non
     new = CVAEGAN(config=dataclasses.replace(cfg, **changes), seed=model.seed)
     for old_part, new_part in ((model.encoder, new.encoder), (model.decoder, new.decoder), (model.critic, new.critic)):
         new_part.set_weights(old_part.get_weights())
+    return new
+
+
+def field_with_contrast(model, contrast: str = "clahe", clip_limit: float | None = None, tiles=None):
+    """A copy of a field-decoder CVAEGAN with another output contrast and the same weights.
+
+    A field trained on raw patterns (``"rescale"``, where pixel subsets make training fast) generates CLAHE'd
+    patterns by putting the dataset's CLAHE after its min-max rescale: the raw intensities are unchanged.
+
+    Parameters
+    ----------
+    model
+        A :class:`~ebsd_keras.models.cvaegan.CVAEGAN` whose decoder is a :class:`~ebsd_keras.models.field.FieldDecoder`.
+    contrast
+        One of :data:`ebsd_keras.models.field.FIELD_CONTRASTS`.
+    clip_limit, tiles
+        CLAHE clip limit and (rows, columns) tiles; None keeps the model's (the paper's 10 and 4 x 4 by default).
+
+    Returns
+    -------
+    CVAEGAN
+        A new, uncompiled model.
+    """
+    from ebsd_keras.models.cvaegan import CVAEGAN
+    from ebsd_keras.models.field import FIELD_CONTRASTS, FieldDecoder
+
+    if not isinstance(getattr(model, "decoder", None), FieldDecoder):
+        raise TypeError("expected a CVAEGAN whose decoder is a FieldDecoder")
+    if contrast not in FIELD_CONTRASTS:
+        raise ValueError(f"contrast must be one of {FIELD_CONTRASTS}, got {contrast!r}")
+    changes = {"physics_contrast": contrast}
+    if clip_limit is not None:
+        changes["physics_clahe_clip_limit"] = float(clip_limit)
+    if tiles is not None:
+        changes["physics_clahe_tiles"] = tuple(int(t) for t in tiles)
+    new = CVAEGAN(config=model.model_config.replace(**changes), seed=model.seed)
+    new.set_weights(model.get_weights())
     return new

@@ -10,7 +10,8 @@ import tensorflow as tf
 from keras import ops
 
 from ebsd_keras.models.cvaegan import CVAEGAN
-from ebsd_keras.models.field import FieldDecoder, field_with_contrast, subsample_pixels
+from ebsd_keras.models.field import FieldDecoder, subsample_pixels
+from ebsd_keras.models.tools import field_with_contrast
 from ebsd_keras.models.presets import count_parameters, get_preset
 from ebsd_keras.orientation import euler_to_quaternion
 
