@@ -73,7 +73,8 @@ def test_deterministic_path_matches_the_model_and_ignores_batch_size(cnn):
     ref = np.asarray(cnn.generate({"quaternion": q, "voltage_kv": v}))[..., 0]
     assert a.patterns.shape == (5, 60, 60) and a.patterns.dtype == np.float32
     np.testing.assert_allclose(a.patterns, ref, atol=1e-6)
-    np.testing.assert_array_equal(a.patterns, b.patterns)
+    # batch size changes the order of float32 reductions (BLAS blocking), so equal to float32 rounding, not bitwise
+    np.testing.assert_allclose(a.patterns, b.patterns, rtol=0, atol=2e-6)
     assert 0.0 <= a.patterns.min() and a.patterns.max() <= 1.0
     np.testing.assert_array_equal(a.voltage_kv, v)
     assert a.info["path"].startswith("deterministic")

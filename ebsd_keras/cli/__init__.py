@@ -59,7 +59,8 @@ def quiet_tensorflow() -> None:
     descriptor 2 at /dev/null for the duration of ``import tensorflow`` (lazily, when a subcommand first imports it;
     Python exceptions of a failed import still show).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # forced, not defaulted: an inherited level of 2 (common in CI scripts) still lets "failed call to cuInit" through
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport("tensorflow"))
