@@ -283,3 +283,24 @@ def test_shipped_model_generates(tmp_path):
     path = default_model_path(20.0)
     assert path.parent.name == "ni20-physics" and path.stat().st_size < 20e6
     assert inspect_model_file(path)["model_config"]["decoder"] == "physics"
+
+
+def test_default_model_is_chosen_per_pattern_not_per_request(tmp_path, monkeypatch):
+    """A 20 kV pattern is the same whether or not the request also holds 25 kV: each voltage picks its own model."""
+    root = tmp_path / "saved_models"
+    save_model(root / "ni20-physics" / "model.keras", "physics", **PHYSICS_SINGLE)
+    save_model(root / "ni-voltage-physics" / "model.keras", "physics", seed=1, **PHYSICS_VOLTAGE)
+    (root / "ni20-physics" / "model_card.json").write_text(json.dumps({"source": "dynamical (EMsoft)"}))
+    (root / "ni-voltage-physics" / "model_card.json").write_text(json.dumps({"source": "kinematical (kikuchipy)"}))
+    monkeypatch.setenv("EBSD_KERAS_MODELS", str(root))
+    alone = generate(euler=EULER[:1], voltage_kv=20.0)
+    mixed = generate(euler=np.concatenate([EULER[:1], EULER[:1], EULER[:1]]), voltage_kv=[20.0, 25.0, 20.0])
+    np.testing.assert_array_equal(mixed.patterns[0], alone.patterns[0])
+    np.testing.assert_array_equal(mixed.patterns[2], alone.patterns[0])
+    assert np.abs(mixed.patterns[1] - alone.patterns[0]).max() > 0.05  # 25 kV: the voltage model's pattern
+    served = {m["model"]["name"]: (m["voltages_kv"], m["patterns"]) for m in mixed.info["models"]}
+    assert served == {"ni20-physics": ([20.0], 2), "ni-voltage-physics": ([25.0], 1)}
+    line = mixed.info["model_line"]
+    assert "\n" not in line and "ni20-physics" in line and "dynamical" in line and "kinematical" in line
+    assert "here: 25 kV" in line and "here: 20 kV" in line
+    assert alone.info["models"][0]["model"]["name"] == "ni20-physics"

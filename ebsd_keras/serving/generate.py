@@ -676,8 +676,11 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
     ----------
     model
         A ``CVAEGAN``, a ``.keras`` path or model folder (loaded with Keras' safe mode), or None for the shipped
-        default (:func:`~ebsd_keras.serving.models.default_model_path`: the narrowest-range shipped model that
-        covers the requested voltages, so ``ni20-physics`` at 20 kV and ``ni-voltage-physics`` at other voltages).
+        defaults, chosen per pattern: each pattern's voltage alone picks its model
+        (:func:`~ebsd_keras.serving.models.default_model_path` of that voltage: the narrowest-range shipped model
+        covering it, so ``ni20-physics`` at 20 kV and ``ni-voltage-physics`` at other voltages). A pattern never
+        depends on the other voltages of the request; ``info["models"]`` lists each model with the voltages it
+        served and ``info["model_line"]`` says the same in one line.
     request
         A :class:`GenerationRequest`; or give its fields as keywords.
 
@@ -706,11 +709,7 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
         check_writable(output, "file", req.overwrite, "-o/--output")
     orientations = read_orientations(euler=req.euler, quaternion=req.quaternion, angles=req.angles, degrees=req.degrees)
     requested = _requested_voltages(req.voltage_kv, orientations)
-    model, minfo = _load(model, requested)
-    cfg = model.model_config
-    volts = _voltages(requested, len(orientations), minfo["voltage_range_kv"], bool(cfg.use_voltage), req.strict)
-
-    k, n = req.samples_per_orientation, len(orientations)
+    n, k = len(orientations), req.samples_per_orientation
     m = n * k
     writer_cls = None if output is None else writer_for(output)
     if writer_cls is PngWriter and m > PNG_MAX_PATTERNS:
@@ -719,7 +718,27 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
             output,
             "output",
         )
+    parts = _model_parts(model, requested, n)
+    volts = np.empty(n, dtype=np.float64)
+    for part in parts:  # each model checks the voltages it serves against its own trained range
+        idx = part.orientations
+        sub = None if requested is None else requested[idx]
+        cfg_p = part.model.model_config
+        volts[idx] = _voltages(sub, len(idx), part.info["voltage_range_kv"], bool(cfg_p.use_voltage), req.strict)
+    shapes = {tuple(int(s) for s in p.model.model_config.image_shape) for p in parts}
+    if len(shapes) > 1:
+        raise EBSDInputError(
+            f"the default models for these voltages make patterns of different sizes {sorted(shapes)}; "
+            "request one model with --model",
+            None,
+            "model",
+        )
+    cfg = parts[0].model.model_config
     rows = np.repeat(np.arange(n), k)
+    which = np.empty(n, dtype=np.int64)
+    for i, part in enumerate(parts):
+        which[part.orientations] = i
+    which = which[rows]
     result = GenerationResult(
         None,
         orientations.quaternion[rows],
@@ -729,10 +748,18 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
         np.tile(np.arange(k), n).astype(np.int64),
         output,
         {
-            "model": minfo["identity"],
+            "model": parts[0].info["identity"],
             "model_name": cfg.name,
-            "model_line": describe_model(minfo),
-            "voltage_range_kv": list(minfo["voltage_range_kv"]),
+            "models": [
+                {
+                    "model": p.info["identity"],
+                    "voltages_kv": sorted({float(v) for v in volts[p.orientations]}),
+                    "patterns": int(len(p.orientations) * k),
+                }
+                for p in parts
+            ],
+            "model_line": _models_line(parts, volts),
+            "voltage_range_kv": list(parts[0].info["voltage_range_kv"]),
             "path": req.path_text(),
             "samples_per_orientation": k,
             "seed": None if req.samples is None else int(req.seed),
@@ -740,6 +767,8 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
         },
     )
     logger.info(result.info["model_line"])  # the CLI prints it; the Python API logs it
+    if len(parts) > 1 and req.latent is not None and len({int(p.model.model_config.latent_dim) for p in parts}) > 1:
+        raise EBSDInputError("the default models for these voltages have different latent sizes", None, "latent")
     z = _latents(req, cfg, n, m)
     keep = writer_cls is None or writer_cls.needs_patterns or bool(req.keep_patterns)
     detector = model_detector(cfg)
@@ -753,13 +782,21 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
         OutputPlan(output, m, shape, result.voltage_kv, k, metadata, detector, req.overwrite)
     )
     kept = np.empty((m, *shape), dtype=np.float32) if keep else None
-    fn = _generator_fn(model)
+    fns = [_generator_fn(p.model) for p in parts]
     q, v32 = result.quaternion, result.voltage_kv.astype(np.float32)
     t0 = time.perf_counter()
     with writer, _progress(m, req.progress, "generating") as bar:
         for start in range(0, m, int(req.batch_size)):
             stop = min(start + int(req.batch_size), m)
-            batch = fn(q[start:stop], v32[start:stop], None if z is None else z[start:stop])
+            if len(fns) == 1:
+                batch = fns[0](q[start:stop], v32[start:stop], None if z is None else z[start:stop])
+            else:  # each pattern from the model of its own voltage
+                batch = np.empty((stop - start, *shape), dtype=np.float32)
+                for i, fn in enumerate(fns):
+                    sel = np.flatnonzero(which[start:stop] == i)
+                    if len(sel):
+                        at = start + sel
+                        batch[sel] = fn(q[at], v32[at], None if z is None else z[at])
             writer.write(start, batch, result.euler[start:stop], result.voltage_kv[start:stop])
             if kept is not None:
                 kept[start:stop] = batch
@@ -772,13 +809,47 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
     return result
 
 
-def _load(model, requested):
-    """The loaded model and its info; a foreign file is refused before TensorFlow starts."""
-    if isinstance(model, (str, os.PathLike)):
-        inspect_model_file(model)
-    elif model is None:
-        model = default_model_path(requested)
-    return load_generator(model)
+@dataclass
+class _ModelPart:
+    """One model of a request and the orientations (indices) it generates."""
+
+    model: object
+    info: dict
+    orientations: np.ndarray
+
+
+def _model_parts(model, requested, n: int) -> list[_ModelPart]:
+    """The model(s) of a request: the given one for every pattern, or (model None) the shipped default of each
+    pattern's own voltage (:func:`~ebsd_keras.serving.models.default_model_path` of that voltage alone), so a
+    pattern never depends on the other voltages of the request. A foreign file is refused before TensorFlow
+    starts."""
+    if model is not None:
+        if isinstance(model, (str, os.PathLike)):
+            inspect_model_file(model)
+        loaded, info = load_generator(model)
+        return [_ModelPart(loaded, info, np.arange(n))]
+    if requested is None:
+        loaded, info = load_generator(default_model_path(None))
+        return [_ModelPart(loaded, info, np.arange(n))]
+    by_path: dict = {}
+    for v in np.unique(requested):
+        by_path.setdefault(default_model_path(float(v)), []).append(float(v))
+    parts = []
+    for path, voltages in by_path.items():
+        loaded, info = load_generator(path)
+        parts.append(_ModelPart(loaded, info, np.flatnonzero(np.isin(requested, voltages))))
+    return sorted(parts, key=lambda p: int(p.orientations[0]))
+
+
+def _models_line(parts, volts) -> str:
+    """One line: each model, the voltages it serves in this request, and what data it learned from."""
+    if len(parts) == 1:
+        return describe_model(parts[0].info)
+    pieces = []
+    for p in parts:
+        served = ", ".join(f"{v:g}" for v in sorted({float(x) for x in volts[p.orientations]}))
+        pieces.append(describe_model(p.info) + f" (here: {served} kV)")
+    return "; ".join(pieces)
 
 
 def _latents(req: GenerationRequest, cfg, n: int, m: int):
