@@ -37,9 +37,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
+
+from ebsd_keras.simulations.geometry import DetectorGeometry
 
 __all__ = [
     "ModelConfig",
+    "PhysicsConfig",
+    "ClaheConfig",
+    "BandConfig",
     "PRESETS",
     "DEFAULT_PRESET",
     "get_preset",
@@ -79,6 +85,164 @@ def _tuplify(value):
     return value
 
 
+def _tuplify_fields(obj) -> None:
+    for f in dataclasses.fields(obj):
+        object.__setattr__(obj, f.name, _tuplify(getattr(obj, f.name)))
+
+
+@dataclass(frozen=True)
+class ClaheConfig:
+    """In-graph CLAHE of the physics and field decoders (``physics.contrast == "clahe"``).
+
+    Attributes
+    ----------
+    clip_limit
+        OpenCV clip limit (10 in the paper's preprocessing).
+    tiles
+        Tile grid (rows, columns).
+    gradient
+        Training surrogate gradient of the histogram equalisation: "histogram" or "lut"
+        (:mod:`ebsd_keras.models.clahe`).
+    """
+
+    clip_limit: float = 10.0
+    tiles: tuple = (4, 4)
+    gradient: Literal["histogram", "lut"] = "histogram"
+
+    def __post_init__(self):
+        _tuplify_fields(self)
+
+
+@dataclass(frozen=True)
+class BandConfig:
+    """Band voltage model of the physics decoder (``physics.voltage_model == "bands"``).
+
+    Attributes
+    ----------
+    reflectors
+        (h, k, l) plane families whose band profiles are learned.
+    lattice_nm
+        Cubic lattice parameter, nm (Bragg angles of the families at each voltage).
+    profile
+        (knots, extent in Bragg angles) of each learned profile.
+    texture
+        Whether a voltage-independent texture is added to the bands.
+    blur
+        Half side (Lambert pixels) of a learned blur fixed in angle; 0 for none.
+    render
+        "lambert" (band texture on the Lambert grid) or "detector" (profiles evaluated at each detector pixel).
+    """
+
+    reflectors: tuple = ((1, 1, 1), (2, 0, 0), (2, 2, 0), (3, 1, 1), (2, 2, 2))
+    lattice_nm: float = 0.35236
+    profile: tuple = (48, 3.0)
+    texture: bool = True
+    blur: int = 2
+    render: Literal["lambert", "detector"] = "lambert"
+
+    def __post_init__(self):
+        _tuplify_fields(self)
+
+
+@dataclass(frozen=True)
+class PhysicsConfig:
+    """Settings of the decoders that project a master pattern (physics) or a field of directions (field).
+
+    Attributes
+    ----------
+    npx
+        Master-pattern half side (grid 2 npx + 1 per hemisphere).
+    symmetry
+        One of :data:`PHYSICS_SYMMETRIES`.
+    contrast
+        One of :data:`PHYSICS_CONTRASTS`.
+    head_channels
+        Conv widths of the contrast head ("learned"; a zero-initialised residual head otherwise; () for none).
+    residual
+        (hidden units, grid side) of the latent residual map; (0, 0) for none.
+    texture_lr_scale
+        The master pattern is this factor times its variable (a larger effective learning rate under Adam).
+    voltage_knots_kv
+        Voltages (kV) of the master-pattern channels of a "knots" voltage model, linearly interpolated in between.
+    voltage_model
+        One of :data:`PHYSICS_VOLTAGE_MODELS`.
+    clahe
+        :class:`ClaheConfig`.
+    band
+        :class:`BandConfig`.
+    """
+
+    npx: int = 200
+    symmetry: str = "4/mmm"
+    contrast: Literal["clahe", "learned", "rescale"] = "clahe"
+    head_channels: tuple = ()
+    residual: tuple = (32, 8)
+    texture_lr_scale: float = 30.0
+    voltage_knots_kv: tuple = (10.0, 15.0, 20.0, 25.0, 30.0)
+    voltage_model: Literal["knots", "bands"] = "knots"
+    clahe: ClaheConfig = dataclasses.field(default_factory=ClaheConfig)
+    band: BandConfig = dataclasses.field(default_factory=BandConfig)
+
+    def __post_init__(self):
+        _tuplify_fields(self)
+
+
+#: Flat ``physics_*`` names of configs written before the nesting (``.keras`` files, JSON, keyword overrides) and
+#: where each lives now. They stay readable as attributes and accepted by ``replace``/``from_dict``/``get_preset``.
+_LEGACY = {
+    "physics_detector_pc": ("detector", "pc"),
+    "physics_detector_tilt_deg": ("detector", "tilt_deg"),
+    "physics_sample_tilt_deg": ("detector", "sample_tilt_deg"),
+    **{
+        f"physics_{n}": ("physics", n)
+        for n in (
+            "npx",
+            "symmetry",
+            "contrast",
+            "head_channels",
+            "residual",
+            "texture_lr_scale",
+            "voltage_knots_kv",
+            "voltage_model",
+        )
+    },
+    **{f"physics_clahe_{n}": ("physics", "clahe", n) for n in ("clip_limit", "tiles", "gradient")},
+    **{
+        f"physics_band_{n}": ("physics", "band", n)
+        for n in ("reflectors", "lattice_nm", "profile", "texture", "blur", "render")
+    },
+}
+
+
+def _nested_replace(obj, path: tuple, value):
+    """``obj`` with the attribute at ``path`` (names, outermost first) replaced, rebuilding each frozen level."""
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: _nested_replace(getattr(obj, path[0]), path[1:], value)})
+
+
+def _nested_get(obj, path: tuple):
+    for name in path:
+        obj = getattr(obj, name)
+    return obj
+
+
+def _from_nested_dict(cls, data):
+    """Build a nested settings dataclass from its dict form (dicts inside become the field's dataclass)."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+    if cls is DetectorGeometry:
+        return DetectorGeometry.from_dict(data)
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(kinds))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    sub = {"clahe": ClaheConfig, "band": BandConfig}
+    return cls(**{k: _from_nested_dict(sub[k], v) if k in sub and cls is PhysicsConfig else v for k, v in data.items()})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to build the encoder, the decoder and the critic.
@@ -113,29 +277,18 @@ class ModelConfig:
         Keras initializer name for convolution and Dense kernels.
     decoder
         Decoder kind, a key of ``ebsd_keras.models.decoders.DECODERS``.
-    physics_*
-        Used only by the physics decoder (``decoder="physics"``, :mod:`ebsd_keras.models.physics`):
-        ``physics_npx`` master-pattern half side (grid 2 npx + 1 per hemisphere); ``physics_symmetry`` one of
-        :data:`PHYSICS_SYMMETRIES`; ``physics_contrast`` one of :data:`PHYSICS_CONTRASTS`;
-        ``physics_head_channels`` conv widths of the contrast head ("learned"; a zero-initialised residual head
-        otherwise, () for none); ``physics_residual`` (hidden units, grid side) of the latent residual map ((0, 0)
-        for none); ``physics_texture_lr_scale`` the master pattern is this factor times its variable (a larger
-        effective learning rate under Adam); ``physics_voltage_knots_kv`` the voltages (kV) of the master-pattern
-        channels of a voltage model, linearly interpolated in between; ``physics_detector_pc`` Bruker pattern
-        centre, ``physics_detector_tilt_deg`` and ``physics_sample_tilt_deg`` (degrees) the fixed detector;
-        ``physics_clahe_clip_limit`` and ``physics_clahe_tiles`` (rows, columns) the CLAHE settings,
-        ``physics_clahe_gradient`` its training surrogate gradient ("histogram" or "lut", see
-        :func:`ebsd_keras.models.clahe.clahe_tf`).
-        Voltage models (``use_voltage``): ``physics_voltage_model`` is "knots" (one texture channel per knot voltage,
-        linearly blended in kV) or "bands" (:class:`ebsd_keras.models.physics.BandProfiles`: one learned band
-        profile per reflector family over the angle from the lattice plane measured in units of the family's Bragg
-        angle at the voltage, so band widths follow the relativistic electron wavelength at every voltage, plus a
-        voltage-independent texture when ``physics_band_texture``); ``physics_band_reflectors`` the (hkl)
-        families, ``physics_band_lattice_nm`` the cubic lattice parameter (nm), ``physics_band_profile`` (knots,
-        extent in Bragg angles) of each profile, ``physics_band_blur`` the half side (Lambert pixels) of a
-        learned blur of the band texture that is fixed in angle (0: none), ``physics_band_render`` "lambert" (band
-        texture on the ``physics_npx`` Lambert grid) or "detector" (profiles evaluated at each detector pixel's
-        direction: exact band edges, any voltage per pattern; the blur is then unused).
+    detector
+        :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` the physics and field decoders project onto
+        (pattern centre, detector and sample tilts); its shape is always ``image_shape``.
+    physics
+        :class:`PhysicsConfig` of the physics decoder (``decoder="physics"``, :mod:`ebsd_keras.models.physics`)
+        and, for symmetry and contrast, the field decoder. Voltage models (``use_voltage``) with
+        ``physics.voltage_model == "bands"`` use :class:`BandConfig` (:class:`ebsd_keras.models.physics.BandProfiles`:
+        one learned band profile per reflector family over the angle from the lattice plane in units of the family's
+        Bragg angle at the voltage, so band widths follow the relativistic electron wavelength at every voltage).
+        The flat names of earlier releases (``physics_npx``, ``physics_detector_pc``, ``physics_clahe_tiles``,
+        ``physics_band_render`` ...) remain readable and are accepted by :meth:`replace`, :meth:`from_dict` and
+        :func:`get_preset`, so ``.keras`` files saved before the nesting load unchanged.
     decoder_upsampling
         "resize" (upsample, then convolve) or "transpose" (transposed convolutions, as in the paper).
     critic_activation
@@ -177,29 +330,12 @@ class ModelConfig:
     critic_score_dense: tuple = (128,)
     critic_quaternion_dense: tuple = (256,)
     critic_voltage_dense: tuple = (64,)
-    # physics decoder (decoder="physics")
-    physics_npx: int = 200
-    physics_symmetry: str = "4/mmm"
-    physics_contrast: str = "clahe"
-    physics_head_channels: tuple = ()
-    physics_residual: tuple = (32, 8)
-    physics_texture_lr_scale: float = 30.0
-    physics_voltage_knots_kv: tuple = (10.0, 15.0, 20.0, 25.0, 30.0)
-    physics_detector_pc: tuple = (0.5, 0.5, 0.6)
-    physics_detector_tilt_deg: float = 10.0
-    physics_sample_tilt_deg: float = 70.0
-    physics_clahe_clip_limit: float = 10.0
-    physics_clahe_tiles: tuple = (4, 4)
-    physics_clahe_gradient: str = "histogram"
-    physics_voltage_model: str = "knots"
-    physics_band_reflectors: tuple = ((1, 1, 1), (2, 0, 0), (2, 2, 0), (3, 1, 1), (2, 2, 2))
-    physics_band_lattice_nm: float = 0.35236
-    physics_band_profile: tuple = (48, 3.0)
-    physics_band_texture: bool = True
-    physics_band_blur: int = 2
-    physics_band_render: str = "lambert"
-    # neural-field decoder (decoder="field", ebsd_keras.models.field); it shares the physics_* detector, symmetry
-    # and contrast fields above
+    # physics and neural-field decoders (decoder="physics" / "field"): the detector they project onto and their
+    # settings, nested (the flat ``physics_*`` names of earlier releases are read-only aliases, see _LEGACY)
+    detector: DetectorGeometry = dataclasses.field(default_factory=DetectorGeometry)
+    physics: PhysicsConfig = dataclasses.field(default_factory=PhysicsConfig)
+    # neural-field decoder (decoder="field", ebsd_keras.models.field); it shares the detector and the physics
+    # symmetry and contrast above
     field_frequencies: int = 128
     field_frequency_scale: float = 8.0
     field_hidden: tuple = (256, 256, 256)
@@ -208,6 +344,8 @@ class ModelConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _tuplify(getattr(self, f.name)))
+        # The detector's shape is the pattern shape by definition: one source of truth (image_shape).
+        object.__setattr__(self, "detector", dataclasses.replace(self.detector, shape=tuple(self.image_shape)))
         self._validate()
 
     # ------------------------------------------------------------------------------------------------------------
@@ -247,43 +385,43 @@ class ModelConfig:
         )
 
     def _validate_physics(self, need) -> None:
-        need(int(self.physics_npx) == self.physics_npx and self.physics_npx >= 2, "physics_npx must be an int >= 2")
-        need(self.physics_symmetry in PHYSICS_SYMMETRIES, f"physics_symmetry must be one of {PHYSICS_SYMMETRIES}")
-        need(self.physics_contrast in PHYSICS_CONTRASTS, f"physics_contrast must be one of {PHYSICS_CONTRASTS}")
-        need(all(int(c) == c and c > 0 for c in self.physics_head_channels), "physics_head_channels must be > 0")
+        need(int(self.physics.npx) == self.physics.npx and self.physics.npx >= 2, "physics.npx must be an int >= 2")
+        need(self.physics.symmetry in PHYSICS_SYMMETRIES, f"physics.symmetry must be one of {PHYSICS_SYMMETRIES}")
+        need(self.physics.contrast in PHYSICS_CONTRASTS, f"physics.contrast must be one of {PHYSICS_CONTRASTS}")
+        need(all(int(c) == c and c > 0 for c in self.physics.head_channels), "physics.head_channels must be > 0")
         need(
-            len(self.physics_residual) == 2 and all(int(v) == v and v >= 0 for v in self.physics_residual),
-            "physics_residual must be (hidden units, grid side), integers >= 0",
+            len(self.physics.residual) == 2 and all(int(v) == v and v >= 0 for v in self.physics.residual),
+            "physics.residual must be (hidden units, grid side), integers >= 0",
         )
-        need(float(self.physics_texture_lr_scale) > 0, "physics_texture_lr_scale must be positive")
-        knots = self.physics_voltage_knots_kv
+        need(float(self.physics.texture_lr_scale) > 0, "physics.texture_lr_scale must be positive")
+        knots = self.physics.voltage_knots_kv
         need(
             len(knots) >= 1 and all(b > a for a, b in zip(knots[:-1], knots[1:], strict=True)),
-            "physics_voltage_knots_kv must be increasing voltages (kV)",
+            "physics.voltage_knots_kv must be increasing voltages (kV)",
         )
         need(
-            len(self.physics_detector_pc) == 3 and self.physics_detector_pc[2] > 0,
-            "physics_detector_pc must be a Bruker (PCx, PCy, PCz) with PCz > 0",
+            len(self.detector.pc) == 3 and self.detector.pc[2] > 0,
+            "detector.pc must be a Bruker (PCx, PCy, PCz) with PCz > 0",
         )
         need(
-            len(self.physics_clahe_tiles) == 2 and all(int(t) == t and t >= 1 for t in self.physics_clahe_tiles),
-            "physics_clahe_tiles must be two positive integers",
+            len(self.physics.clahe.tiles) == 2 and all(int(t) == t and t >= 1 for t in self.physics.clahe.tiles),
+            "physics.clahe.tiles must be two positive integers",
         )
-        need(self.physics_clahe_gradient in ("histogram", "lut"), "physics_clahe_gradient must be 'histogram' or 'lut'")
-        need(self.physics_voltage_model in PHYSICS_VOLTAGE_MODELS, f"physics_voltage_model: {PHYSICS_VOLTAGE_MODELS}")
+        need(self.physics.clahe.gradient in ("histogram", "lut"), "physics.clahe.gradient must be 'histogram' or 'lut'")
+        need(self.physics.voltage_model in PHYSICS_VOLTAGE_MODELS, f"physics.voltage_model: {PHYSICS_VOLTAGE_MODELS}")
         need(
-            len(self.physics_band_reflectors) >= 1
-            and all(len(r) == 3 and any(int(i) != 0 for i in r) for r in self.physics_band_reflectors),
-            "physics_band_reflectors must be non-zero (h, k, l) triples",
+            len(self.physics.band.reflectors) >= 1
+            and all(len(r) == 3 and any(int(i) != 0 for i in r) for r in self.physics.band.reflectors),
+            "physics.band.reflectors must be non-zero (h, k, l) triples",
         )
-        need(float(self.physics_band_lattice_nm) > 0, "physics_band_lattice_nm must be positive (nm)")
-        need(int(self.physics_band_blur) == self.physics_band_blur >= 0, "physics_band_blur must be an int >= 0")
-        need(self.physics_band_render in PHYSICS_BAND_RENDERS, f"physics_band_render: {PHYSICS_BAND_RENDERS}")
+        need(float(self.physics.band.lattice_nm) > 0, "physics.band.lattice_nm must be positive (nm)")
+        need(int(self.physics.band.blur) == self.physics.band.blur >= 0, "physics.band.blur must be an int >= 0")
+        need(self.physics.band.render in PHYSICS_BAND_RENDERS, f"physics.band.render: {PHYSICS_BAND_RENDERS}")
         need(
-            len(self.physics_band_profile) == 2
-            and int(self.physics_band_profile[0]) >= 2
-            and float(self.physics_band_profile[1]) > 1,
-            "physics_band_profile must be (knots >= 2, extent > 1 Bragg angle)",
+            len(self.physics.band.profile) == 2
+            and int(self.physics.band.profile[0]) >= 2
+            and float(self.physics.band.profile[1]) > 1,
+            "physics.band.profile must be (knots >= 2, extent > 1 Bragg angle)",
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -293,26 +431,50 @@ class ModelConfig:
         return 4 + int(bool(self.use_voltage))
 
     def replace(self, **overrides) -> ModelConfig:
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **overrides)
+        """A copy with some fields changed (validated); the flat ``physics_*`` names of older configs are accepted."""
+        direct = {k: v for k, v in overrides.items() if k not in _LEGACY}
+        if isinstance(direct.get("detector"), dict):
+            direct["detector"] = _from_nested_dict(DetectorGeometry, direct["detector"])
+        if isinstance(direct.get("physics"), dict):
+            direct["physics"] = _from_nested_dict(PhysicsConfig, direct["physics"])
+        out = dataclasses.replace(self, **direct) if direct else self
+        legacy = {k: v for k, v in overrides.items() if k in _LEGACY}
+        if legacy:
+            nested = {"detector": out.detector, "physics": out.physics}
+            for key, value in legacy.items():
+                top, *rest = _LEGACY[key]
+                nested[top] = _nested_replace(nested[top], tuple(rest), _tuplify(value))
+            out = dataclasses.replace(out, **nested)
+        return out
 
     def to_dict(self) -> dict:
-        """JSON-friendly dict (tuples become lists); inverse of :meth:`from_dict`."""
+        """JSON-friendly dict, nested settings as nested dicts (tuples become lists); inverse of :meth:`from_dict`."""
 
-        def listify(v):
-            return [listify(x) for x in v] if isinstance(v, tuple) else v
+        def plain(v):
+            if dataclasses.is_dataclass(v):
+                return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return [plain(x) for x in v] if isinstance(v, tuple) else v
 
-        return {f.name: listify(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        """Build from :meth:`to_dict` output; unknown keys raise ``ValueError`` (a typo must not pass silently)."""
+        """Build from :meth:`to_dict` output, or from the flat ``physics_*`` form of configs saved before the
+        nesting; unknown keys raise ``ValueError`` (a typo must not pass silently)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names - set(_LEGACY))
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {unknown}")
-        return cls(**dict(data))
+        return cls().replace(**dict(data))
 
+
+def _legacy_alias(path: tuple) -> property:
+    return property(lambda self: _nested_get(self, path), doc=f"Read-only alias of ``{'.'.join(path)}``.")
+
+
+for _name, _path in _LEGACY.items():
+    setattr(ModelConfig, _name, _legacy_alias(_path))
+del _name, _path
 
 PRESETS: dict[str, ModelConfig] = {
     "compact": ModelConfig(),
@@ -375,8 +537,7 @@ PRESETS: dict[str, ModelConfig] = {
         name="field",
         decoder="field",
         latent_dim=16,
-        physics_symmetry="m-3m",
-        physics_residual=(0, 0),
+        physics=PhysicsConfig(symmetry="m-3m", residual=(0, 0)),
         encoder_stem=(8,),
         encoder_blocks=((16, 2), (32, 2), (32, 2), (32, 2)),
         encoder_dense=(64,),

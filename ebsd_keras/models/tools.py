@@ -248,7 +248,6 @@ def with_contrast(model, contrast: str = "clahe", clip_limit: float | None = Non
     CVAEGAN
         Uncompiled, with every weight of ``model`` (encoder, decoder, critic).
     """
-    import dataclasses
 
     from ebsd_keras.models.cvaegan import CVAEGAN
 
@@ -262,7 +261,7 @@ def with_contrast(model, contrast: str = "clahe", clip_limit: float | None = Non
         changes["physics_clahe_clip_limit"] = float(clip_limit)
     if tiles is not None:
         changes["physics_clahe_tiles"] = tuple(int(t) for t in tiles)
-    new = CVAEGAN(config=dataclasses.replace(cfg, **changes), seed=model.seed)
+    new = CVAEGAN(config=cfg.replace(**changes), seed=model.seed)
     for old_part, new_part in ((model.encoder, new.encoder), (model.decoder, new.decoder), (model.critic, new.critic)):
         new_part.set_weights(old_part.get_weights())
     return new

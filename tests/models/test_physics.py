@@ -1,7 +1,6 @@
 """The physics-informed decoder: symmetry folding, projection of a known master pattern against kikuchipy, the
 dataset's CLAHE reproduced in the graph, serialization, training, export of the learned master pattern, CVAEGAN."""
 
-import dataclasses
 
 import h5py
 import keras
@@ -129,12 +128,12 @@ def test_preset_is_registered_small_and_round_trips():
     assert counts["decoder"] <= 1_000_000
     assert counts["total"] == counts["encoder"] + counts["decoder"] + counts["critic"]
     for bad, match in (
-        ({"physics_symmetry": "cubic"}, "physics_symmetry"),
-        ({"physics_contrast": "gamma"}, "physics_contrast"),
+        ({"physics_symmetry": "cubic"}, "physics.symmetry"),
+        ({"physics_contrast": "gamma"}, "physics.contrast"),
         ({"physics_voltage_knots_kv": (20.0, 10.0)}, "knots"),
-        ({"physics_npx": 1}, "physics_npx"),
+        ({"physics_npx": 1}, "physics.npx"),
         ({"physics_detector_pc": (0.5, 0.5, 0.0)}, "PCz"),
-        ({"physics_clahe_gradient": "exact"}, "physics_clahe_gradient"),
+        ({"physics_clahe_gradient": "exact"}, "physics.clahe.gradient"),
     ):
         with pytest.raises(ValueError, match=match):
             get_preset("physics", **bad)
@@ -401,7 +400,7 @@ def test_detector_rendered_bands_match_the_lambert_rendered_ones_and_take_any_vo
     """``physics_band_render="detector"`` evaluates the same profiles at each pixel's direction: with smooth profiles
     it agrees with the Lambert-grid texture, needs no texture per voltage and keeps its settings in the config."""
     lam = _band_decoder(npx=150)
-    det = PhysicsDecoder(dataclasses.replace(lam.model_config, physics_band_render="detector"))
+    det = PhysicsDecoder(lam.model_config.replace(physics_band_render="detector"))
     u = np.linspace(0, 3, 61)
     smooth = np.exp(-0.5 * (u[None] / np.array([0.6, 0.8, 1.0, 0.5, 0.7])[:, None]) ** 2)  # no hard edge to snap
     lam.bands.set_profiles(smooth)
@@ -416,8 +415,8 @@ def test_detector_rendered_bands_match_the_lambert_rendered_ones_and_take_any_vo
     np.testing.assert_allclose(one[0], b[0], rtol=1e-5, atol=1e-5)
     assert _ncc(b[:1], np.asarray(det.project({"quaternion": q[:1], "voltage_kv": v[-1:]}))).item() < 0.999
     assert det.bands.get_config()["render"] == "detector" and not hasattr(det.bands, "_sector_cos")
-    with pytest.raises(ValueError, match="physics_band_render"):
-        dataclasses.replace(lam.model_config, physics_band_render="stereographic")
+    with pytest.raises(ValueError, match="physics.band.render"):
+        lam.model_config.replace(physics_band_render="stereographic")
 
 
 def test_with_contrast_switches_raw_training_to_clahe_output_with_the_same_weights(emsoft):
@@ -448,9 +447,7 @@ def test_sparse_band_lookup_equals_the_dense_one_with_its_gradients():
     """The detector render looks profiles up only where they can be non-zero; values and gradients (profiles,
     strength slopes, directions) are those of the dense lookup over every (pixel, plane) pair."""
     layer = PhysicsDecoder(
-        dataclasses.replace(
-            _band_decoder().model_config, physics_band_render="detector", physics_band_profile=(61, 3.0)
-        )
+        _band_decoder().model_config.replace(physics_band_render="detector", physics_band_profile=(61, 3.0))
     ).bands
     rng = np.random.default_rng(4)
     layer.set_profiles(rng.random((5, 61)))

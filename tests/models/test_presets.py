@@ -4,10 +4,12 @@ import time
 
 import pytest
 
+import ebsd_keras.models.cvaegan  # noqa: F401  (registers the physics and field decoder kinds)
 from ebsd_keras.models.critic import Critic
 from ebsd_keras.models.decoders import DECODERS, CNNDecoder, build_decoder
 from ebsd_keras.models.encoder import Encoder
-from ebsd_keras.models.presets import PRESETS, ModelConfig, count_parameters, get_preset
+from ebsd_keras.models.presets import PRESETS, ModelConfig, PhysicsConfig, count_parameters, get_preset
+from ebsd_keras.simulations.geometry import DetectorGeometry
 
 # The authors' model, rebuilt layer by layer (docs/reference-implementation.md).
 PAPER_ENCODER, PAPER_DECODER, PAPER_CRITIC = 246.9e6, 512.9e6, 484.0e6
@@ -146,3 +148,50 @@ def test_decoder_registry():
     assert isinstance(build_decoder(get_preset("tiny")), CNNDecoder)
     with pytest.raises(ValueError, match="unknown decoder kind"):
         build_decoder(get_preset("tiny", decoder="physics-not-yet"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Nested detector and physics settings (one DetectorGeometry in the config; flat physics_* names of older files)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_config_holds_one_detector_geometry_whose_shape_is_the_pattern_shape():
+    cfg = get_preset("physics", image_shape=(40, 40), decoder_start=(5, 5, 16), decoder_blocks=((16, 2), (8, 4)))
+    assert isinstance(cfg.detector, DetectorGeometry)
+    assert cfg.detector.shape == (40, 40)
+    moved = cfg.replace(detector=DetectorGeometry(pc=(0.4, 0.3, 0.7), tilt_deg=0.0))
+    assert moved.detector.pc == (0.4, 0.3, 0.7) and moved.detector.shape == (40, 40)
+
+
+def test_flat_physics_names_of_older_configs_map_into_the_nested_settings():
+    flat = {
+        "name": "old",
+        "decoder": "physics",
+        "physics_npx": 50,
+        "physics_detector_pc": [0.45, 0.55, 0.65],
+        "physics_sample_tilt_deg": 68.0,
+        "physics_clahe_tiles": [2, 3],
+        "physics_band_render": "detector",
+    }
+    cfg = ModelConfig.from_dict(flat)
+    assert cfg.physics.npx == 50 and cfg.physics.clahe.tiles == (2, 3) and cfg.physics.band.render == "detector"
+    assert cfg.detector.pc == (0.45, 0.55, 0.65) and cfg.detector.sample_tilt_deg == 68.0
+    # the old names stay readable, and the nested dict form round-trips to an equal config
+    assert cfg.physics_npx == 50 and cfg.physics_detector_pc == (0.45, 0.55, 0.65)
+    again = ModelConfig.from_dict(cfg.to_dict())
+    assert again == cfg and isinstance(cfg.to_dict()["physics"]["clahe"], dict)
+    assert get_preset("physics", physics_symmetry="none").physics == PhysicsConfig(symmetry="none")
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"physics_npx": 1}, "physics.npx"),
+        ({"physics_clahe_tiles": (0, 4)}, "physics.clahe.tiles"),
+        ({"physics": {"band": {"render": "stereographic"}}}, "physics.band.render"),
+        ({"physics": {"no_such": 1}}, "no_such"),
+    ],
+)
+def test_invalid_nested_settings_name_their_field(overrides, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        get_preset("physics").replace(**overrides) if "physics" in overrides else get_preset("physics", **overrides)
