@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.serialization import jsonable
 
 DESCRIPTION = """\
 Print a summary of PATH:
@@ -44,12 +45,6 @@ def _is_tfrecord_dir(path: str) -> bool:
 
         return tf.io.gfile.exists(path.rstrip("/") + "/" + METADATA_FILE)
     return os.path.isdir(path)
-
-
-def _jsonable(x):
-    from ebsd_keras.io.tfrecord import _jsonable as conv
-
-    return conv(x)
 
 
 def _euler_range_deg(path: str, chunk_size: int = 65536) -> dict | None:
@@ -102,7 +97,7 @@ def summarise_h5(path: str) -> dict:
     info = read_emebsd_info(path)
     nml = dict(info.nml or {})
     pc_keys = ("xpc", "ypc", "L", "delta", "numsx", "numsy", "binning", "thetac")
-    return _jsonable(
+    return jsonable(
         {
             "kind": "emsoft-hdf5",
             "path": str(path),

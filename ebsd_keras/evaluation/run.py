@@ -48,6 +48,7 @@ from ebsd_keras.evaluation.metrics import (
     summarize,
 )
 from ebsd_keras.io.testset import TestSet, load_test_set
+from ebsd_keras.serialization import jsonable
 
 __all__ = [
     "PAPER_TABLE1",
@@ -389,22 +390,6 @@ def _model_info(model, label: str) -> dict:
     if cfg is not None and hasattr(cfg, "to_dict"):
         info["config"] = cfg.to_dict()
     return info
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items() if not str(k).startswith("_")}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -812,7 +797,7 @@ def write_report(results: dict, out_dir, overwrite: bool = False) -> Path:
     from ebsd_keras.serving.pattern_grid import save_pattern_grid
 
     out_dir = Path(out_dir)
-    doc = _jsonable(results)
+    doc = jsonable(results, drop_private=True)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "report.json").write_text(json.dumps(doc, indent=1) + "\n")
         (tmp / "report.md").write_text(report_markdown(doc))

@@ -52,6 +52,7 @@ from ebsd_keras.checks import check_finite, check_voltage_kv
 from ebsd_keras.data.preprocess import rescale_to_uint8
 from ebsd_keras.errors import EBSDInputError
 from ebsd_keras.orientation import check_euler_radians, euler_to_quaternion, normalize_quaternions
+from ebsd_keras.serialization import jsonable
 
 __all__ = [
     "PATTERNS",
@@ -314,21 +315,9 @@ def _group_dict(f: h5py.File, name: str, path) -> dict:
     return out
 
 
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path, os.PathLike)):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def _to_json(obj, what: str) -> str:
     try:
-        return json.dumps(obj, default=_json_default, sort_keys=True)
+        return json.dumps(jsonable(obj), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} must be JSON-serialisable: {exc}") from None
 

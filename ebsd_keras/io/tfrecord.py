@@ -34,6 +34,7 @@ import numpy as np
 from ebsd_keras import __version__
 from ebsd_keras.checks import check_finite, check_pattern_shape, check_voltage_kv
 from ebsd_keras.errors import EBSDInputError, SchemaError
+from ebsd_keras.serialization import jsonable
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -303,21 +304,6 @@ def _source_kind(metadata: dict):
     return None
 
 
-def _jsonable(x):
-    """Make numpy scalars/arrays inside provenance metadata JSON-serialisable."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, bytes):
-        return x.decode(errors="replace")
-    return x
-
-
 def _normalise_inputs(inputs) -> list[tuple[str, str]]:
     if isinstance(inputs, (str, os.PathLike)):
         raise TypeError("inputs must be a list of (split, path) pairs, e.g. [('train', 'train.h5')]")
@@ -353,7 +339,7 @@ def _resolve_phase(infos, pairs):
     first = records[0]
     for (_, path), rec in zip(pairs[1:], records[1:], strict=True):
         check_same_phase([first, rec], path, "phase")  # one clear line naming the file that differs
-    return _jsonable(next(r for r in records if r is not None))
+    return jsonable(next(r for r in records if r is not None))
 
 
 def _resolve_preprocessing(infos, preprocess, pairs):
@@ -363,18 +349,18 @@ def _resolve_preprocessing(infos, preprocess, pairs):
         for (_, path), prep in zip(pairs, recorded, strict=True):
             if _is_clahe(prep):
                 raise EBSDInputError(
-                    f"CLAHE was already applied when this file was made ({json.dumps(_jsonable(prep))}); "
+                    f"CLAHE was already applied when this file was made ({json.dumps(jsonable(prep))}); "
                     "applying it again would distort the patterns — drop --clahe",
                     path,
                     "preprocessing",
                 )
         return {**preprocess.to_dict(), "applied_by": "ebsd-keras convert"}
-    first = _jsonable(recorded[0])
+    first = jsonable(recorded[0])
     for (_, path), prep in zip(pairs[1:], recorded[1:], strict=True):
-        if _jsonable(prep) != first:
+        if jsonable(prep) != first:
             # Training on a mix of CLAHE'd and raw patterns is silently wrong; make the user choose.
             raise EBSDInputError(
-                f"preprocessing {json.dumps(_jsonable(prep))} differs from {json.dumps(first)} in {pairs[0][1]}; "
+                f"preprocessing {json.dumps(jsonable(prep))} differs from {json.dumps(first)} in {pairs[0][1]}; "
                 "convert files with the same preprocessing together",
                 path,
                 "preprocessing",
@@ -551,7 +537,7 @@ def _write_all(
         "shards": {s: w.shards for s, w in writers.items()},
         "compression": compression,
         "shard_size": shard_size,
-        "preprocessing": _jsonable(preprocessing),
+        "preprocessing": jsonable(preprocessing),
         "phase": phase,
         "sources": sources,
         "voltages_kv": sorted({v for d in by_voltage.values() for v in d}),
@@ -619,24 +605,24 @@ def _check_chunk(chunk, shape, path) -> np.ndarray:
 
 
 def _source_entry(split, path, info, n, volts, voltage_kv, degrees) -> dict:
-    meta = _jsonable(dict(info.metadata or {}))
+    meta = jsonable(dict(info.metadata or {}))
     return {
         "path": str(path),
         "split": split,
         "n": n,
         "pattern_shape": [int(s) for s in info.pattern_shape],
         "dtype": str(np.dtype(info.dtype)) if info.dtype is not None else None,
-        "bitdepth": _jsonable(info.bitdepth),
+        "bitdepth": jsonable(info.bitdepth),
         "voltage": {
             "per_pattern": bool(info.has_voltage),
-            "file_kv": _jsonable(info.voltage_kv),
+            "file_kv": jsonable(info.voltage_kv),
             "override_kv": voltage_kv,
             "values_kv": volts,
         },
         "kind": _source_kind(meta),
-        "masterfile": _jsonable((info.nml or {}).get("masterfile")),  # EMsoft's record of the master pattern used
-        "euler_convention": _jsonable(info.euler_convention),
-        "detector": _jsonable(getattr(info, "detector", None)),
+        "masterfile": jsonable((info.nml or {}).get("masterfile")),  # EMsoft's record of the master pattern used
+        "euler_convention": jsonable(info.euler_convention),
+        "detector": jsonable(getattr(info, "detector", None)),
         "degrees": degrees,
         "provenance": meta,
     }
