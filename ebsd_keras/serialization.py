@@ -7,12 +7,14 @@ become sorted lists, and non-finite floats become ``null`` (strict JSON has no N
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["jsonable"]
+__all__ = ["jsonable", "portable_path"]
 
 
 def jsonable(value, *, drop_private: bool = False):
@@ -51,3 +53,36 @@ def jsonable(value, *, drop_private: bool = False):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def portable_path(path, packages: tuple[str, ...] = ("kikuchipy", "ebsd_keras")) -> str:
+    """How a file is named in files the package writes: never an absolute path of this machine.
+
+    A file inside an installed package (the EMsoft Ni files that ship in kikuchipy's wheel, ebsd_keras's own
+    assets) becomes ``"<package>:<path inside the package>"``; any other absolute path becomes its file name; a
+    relative path (as the user typed it) stays as it is.
+
+    Parameters
+    ----------
+    path
+        A file path (str or path-like).
+    packages
+        Installed packages whose files are named by package.
+
+    Returns
+    -------
+    str
+    """
+    p = Path(os.fspath(path))
+    if not p.is_absolute():
+        return p.as_posix()
+    resolved = p.resolve()
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        roots = list(spec.submodule_search_locations or []) if spec is not None else []
+        for root in roots:
+            try:
+                return f"{name}:{resolved.relative_to(Path(root).resolve()).as_posix()}"
+            except ValueError:
+                continue
+    return p.name

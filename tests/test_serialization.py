@@ -36,3 +36,14 @@ def test_private_keys_are_dropped_only_when_asked():
     value = {"_work": [1], "kept": {"_inner": 2, "x": 3}}
     assert jsonable(value) == value
     assert jsonable(value, drop_private=True) == {"kept": {"x": 3}}
+
+
+def test_paths_written_into_files_are_never_absolute_paths_of_this_machine(tmp_path):
+    import kikuchipy
+
+    from ebsd_keras.serialization import portable_path
+
+    inside = Path(kikuchipy.__file__).parent / "data" / "some" / "file.h5"
+    assert portable_path(inside) == "kikuchipy:data/some/file.h5"
+    assert portable_path(tmp_path / "mine" / "ds.h5") == "ds.h5"
+    assert portable_path(Path("rel") / "ds.h5") == "rel/ds.h5"

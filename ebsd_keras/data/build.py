@@ -41,6 +41,7 @@ from ebsd_keras.checks import check_voltage_kv
 from ebsd_keras.data.preprocess import CLAHEConfig
 from ebsd_keras.data.preprocess import clahe as apply_clahe
 from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.serialization import portable_path
 
 __all__ = ["SPLITS", "SOURCES", "build_dataset", "resolve_sources"]
 
@@ -199,7 +200,7 @@ def _read_orientations(value, what: str) -> tuple[np.ndarray, dict]:
 
     if isinstance(value, (str, Path)):
         q = read_angle_file(value)
-        return q, {"method": "angle-file", "file": str(value), "n_read": int(len(q))}
+        return q, {"method": "angle-file", "file": portable_path(value), "n_read": int(len(q))}
     try:
         q = normalize_quaternions(value)
     except EBSDInputError as exc:

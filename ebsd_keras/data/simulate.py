@@ -37,6 +37,7 @@ import numpy as np
 
 from ebsd_keras.checks import check_finite, check_voltage_kv
 from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.serialization import portable_path
 
 __all__ = [
     "DEFAULT_DETECTOR",
@@ -199,7 +200,7 @@ def load_master_pattern(path=None, energy_kv: float = 20.0):
         mp,
         {
             "kind": "emsoft-dynamical",
-            "file": str(path),
+            "file": portable_path(path),
             "embedded": embedded,
             "program": info.program_name,
             "energy_kv": energy,

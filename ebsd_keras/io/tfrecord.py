@@ -34,7 +34,7 @@ import numpy as np
 from ebsd_keras import __version__
 from ebsd_keras.checks import check_finite, check_pattern_shape, check_voltage_kv
 from ebsd_keras.errors import EBSDInputError, SchemaError
-from ebsd_keras.serialization import jsonable
+from ebsd_keras.serialization import jsonable, portable_path
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -607,7 +607,7 @@ def _check_chunk(chunk, shape, path) -> np.ndarray:
 def _source_entry(split, path, info, n, volts, voltage_kv, degrees) -> dict:
     meta = jsonable(dict(info.metadata or {}))
     return {
-        "path": str(path),
+        "path": portable_path(path),
         "split": split,
         "n": n,
         "pattern_shape": [int(s) for s in info.pattern_shape],

@@ -64,7 +64,8 @@ def test_master_pattern_source_is_recorded(mp):
     src = master_pattern_source(mp)
     assert src["kind"] == "emsoft-dynamical" and src["embedded"] is True
     assert src["energy_kv"] == 20.0 and src["space_group"] == 225 and src["npx"] == 200
-    assert Path(src["file"]).exists()
+    # named by package, never by this machine's absolute path (files the package writes travel)
+    assert src["file"].startswith("kikuchipy:") and src["file"].endswith(".h5")
     assert mp.data.shape == (2, 401, 401) and mp.projection == "lambert"
 
 
