@@ -924,6 +924,53 @@ def _put_num(group: h5py.Group, name: str, value, dtype) -> None:
     group.create_dataset(name, data=np.array([value], dtype=dtype))
 
 
+class _GuardedFile:
+    """The binary file HDF5 writes through (h5py's Python file-object driver) that never lets a write error reach
+    HDF5: a failed write (full disk, file size limit) is kept and later writes are dropped, so the library closes
+    its file cleanly and the writer raises one ``OSError`` afterwards. An error inside HDF5 itself leaves file ids
+    that fail again when Python frees them and crash the interpreter at exit."""
+
+    def __init__(self, path):
+        self._f = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                view = memoryview(data)
+                while view.nbytes:  # raw writes may be partial
+                    view = view[self._f.write(view) :]
+            except OSError as exc:
+                self.error = exc
+        return len(memoryview(data).cast("B"))
+
+    def read(self, size: int = -1) -> bytes:
+        return self._f.read(size)
+
+    def readinto(self, buffer) -> int:
+        return self._f.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self._f.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self._f.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered: every write already reached the kernel (and its error, if any, was kept)
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class EMEBSDWriter:
     """Stream patterns into an EMsoft EMEBSD-layout HDF5 file that kikuchipy (and :func:`iter_emebsd`) can read.
 
@@ -997,6 +1044,7 @@ class EMEBSDWriter:
         self.nml_extra = dict(nml_extra or {})
         self._written = np.zeros(self.n_patterns, dtype=bool)
         self._file: h5py.File | None = None
+        self._raw: _GuardedFile | None = None
         self._atomic = None
 
     # -- context management ---------------------------------------------------------------------------------------
@@ -1005,8 +1053,10 @@ class EMEBSDWriter:
         self._atomic = atomic_path(self.path, overwrite=self.overwrite)
         tmp = self._atomic.__enter__()
         try:
-            self._file = h5py.File(tmp, "w")
+            self._raw = _GuardedFile(tmp)
+            self._file = h5py.File(self._raw, "w")
             self._create_layout(self._file)
+            self._raise_write_error()
         except BaseException as exc:
             self._close_file()
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
@@ -1021,6 +1071,7 @@ class EMEBSDWriter:
                 # leave a truncated file under the final name.
                 self._flush_or_raise()
                 self._close_file()
+                self._raise_write_error()
             except BaseException as err:
                 self._close_file()
                 self._atomic.__exit__(type(err), err, err.__traceback__)
@@ -1038,11 +1089,21 @@ class EMEBSDWriter:
             code = errno.ENOSPC if "No space" in str(exc) else errno.EFBIG if "too large" in str(exc) else errno.EIO
             raise OSError(code, f"cannot write the HDF5 file ({os.strerror(code)})", str(self.path)) from None
 
+    def _raise_write_error(self) -> None:
+        """One ``OSError`` naming the output for a write that failed (HDF5 itself never saw it)."""
+        err = self._raw.error if self._raw is not None else None
+        if err is not None:
+            code = err.errno if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else errno.EIO
+            raise OSError(code, f"cannot write the HDF5 file ({os.strerror(code)})", str(self.path))
+
     def _close_file(self) -> None:
         if self._file is not None:
             with contextlib.suppress(Exception):
                 self._file.close()
             self._file = None
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                self._raw.close()
 
     # -- layout ---------------------------------------------------------------------------------------------------
 
@@ -1176,6 +1237,7 @@ class EMEBSDWriter:
         if volts is not None:
             self._file[VOLTAGE][start : start + n] = volts.astype(np.float32)
         self._written[start : start + n] = True
+        self._raise_write_error()  # a full disk stops the work at this batch, not after the last one
 
     def _row_voltages(self, voltage_kv, n: int) -> np.ndarray | None:
         if voltage_kv is None:

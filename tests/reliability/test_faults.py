@@ -62,15 +62,17 @@ def test_generate_npy_on_a_full_disk_is_one_line_and_leaves_nothing(model, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_generate_under_a_file_size_limit_exits_2_not_sigbus(model, tmp_path):
+@pytest.mark.parametrize("suffix", [".npy", ".h5"])
+def test_generate_under_a_file_size_limit_exits_2_not_sigbus(model, tmp_path, suffix):
     """The issue's reproduction, without a tmpfs: RLIMIT_FSIZE makes write(2) fail with EFBIG once the file
-    reaches 20 kB (SIGXFSZ ignored, as a full disk sends no signal); the memory-mapped writer died with SIGBUS."""
+    reaches 20 kB (SIGXFSZ ignored, as a full disk sends no signal); the memory-mapped .npy writer died with SIGBUS,
+    the HDF5 writer printed its line and then crashed the interpreter at exit (exit -11)."""
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    out = tmp_path / "g.npy"
+    out = tmp_path / f"g{suffix}"
     proc = subprocess.run([sys.executable, "-m", "ebsd_keras", "generate", "-m", str(model), *EULER, "-o", str(out),
                            "--no-progress"], preexec_fn=limit, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
