@@ -71,3 +71,24 @@ def test_step_headers_flush_progress_bars_first(monkeypatch, capsys):
     step(3, "generating")
     assert calls == ["stderr", ("print", True)]
     assert capsys.readouterr().out == "[3/5] generating\n"
+
+
+def test_a_demo_that_fails_half_way_leaves_no_partial_output(monkeypatch, tmp_path, capsys):
+    """The dataset and TFRecords are made, then generation fails (a full disk): one line, exit 2, and neither OUT
+    nor a temporary folder is left beside it."""
+    import errno
+    import os
+
+    import ebsd_keras.cli.demo as demo
+
+    def full_disk(args, out):
+        assert (out / "tfrecords").is_dir()  # the earlier steps did run
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "generated_test.h5"))
+
+    monkeypatch.setattr(demo, "_generate_and_measure", full_disk)
+    out = tmp_path / "demo"
+    argv = ["demo", "-o", str(out), "--density", "4", "--max-train", "8", "--max-test", "4", "--refine-n", "0"]
+    assert main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(err) == 1 and "No space left on device" in err[0], err
+    assert list(tmp_path.iterdir()) == []

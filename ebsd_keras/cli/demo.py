@@ -51,12 +51,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ebsd_keras._atomic import atomic_path
-    from ebsd_keras.data.build import build_dataset
-    from ebsd_keras.data.pipeline import make_dataset
-    from ebsd_keras.io.tfrecord import write_tfrecords
-
-    from ebsd_keras._atomic import check_writable
+    from ebsd_keras._atomic import atomic_dir, check_writable
 
     out = Path(args.output)
     check_writable(out, "dir", args.overwrite, "-o/--output")  # before the dataset is built
@@ -64,7 +59,24 @@ def run(args) -> int:
         from ebsd_keras.serving.models import inspect_model_file
 
         inspect_model_file(args.model)  # a bad model file fails now, not after minutes of work
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything is made in a temporary folder beside OUT that becomes OUT only when the demo succeeds: a failure
+    # (or kill) half-way leaves no partial OUT (and the next run cleans a killed run's temporary folder).
+    with atomic_dir(out, overwrite=args.overwrite) as work:
+        summary = _run_steps(args, Path(work))
+    print(json.dumps(summary, indent=2))
+    print(
+        f"outputs in {out}/: dataset/ (EMsoft HDF5), tfrecords/, generated_test.h5 (EMsoft HDF5), "
+        "real_vs_generated.png, summary.json"
+    )
+    return 0
+
+
+def _run_steps(args, out: Path) -> dict:
+    """The demo's five steps, writing into ``out``; returns the summary (also written to ``out/summary.json``)."""
+    from ebsd_keras.data.build import build_dataset
+    from ebsd_keras.data.pipeline import make_dataset
+    from ebsd_keras.io.tfrecord import write_tfrecords
+
     summary = {}
 
     t0 = time.perf_counter()
@@ -100,14 +112,8 @@ def run(args) -> int:
     summary["tfdata_read_patterns_per_s"] = round(3 * n / (time.perf_counter() - t0))
 
     summary.update(_generate_and_measure(args, out))
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    print(
-        f"outputs in {out}/: dataset/ (EMsoft HDF5), tfrecords/, generated_test.h5 (EMsoft HDF5), "
-        "real_vs_generated.png, summary.json"
-    )
-    return 0
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def _generate_and_measure(args, out: Path) -> dict:
