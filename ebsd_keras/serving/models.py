@@ -164,7 +164,9 @@ def trained_voltage_range(model_config, card: dict | None = None) -> tuple[float
     if not cfg.get("use_voltage"):
         return (SINGLE_VOLTAGE_DEFAULT_KV, SINGLE_VOLTAGE_DEFAULT_KV)
     if cfg.get("decoder") == "physics":
-        knots = [float(k) for k in cfg.get("physics_voltage_knots_kv", (20.0,))]
+        # nested configs keep the knots under "physics"; .keras files saved before the nesting hold the flat name
+        nested = cfg.get("physics") if isinstance(cfg.get("physics"), dict) else {}
+        knots = [float(k) for k in nested.get("voltage_knots_kv", cfg.get("physics_voltage_knots_kv", (20.0,)))]
         return (min(knots), max(knots))
     center, scale = (float(v) for v in cfg.get("voltage_norm_kv", (20.0, 10.0)))
     return (center - scale, center + scale)
