@@ -50,7 +50,9 @@ def clahe(patterns: np.ndarray, config: CLAHEConfig | None = None) -> np.ndarray
     patterns = np.asarray(patterns)
     if patterns.dtype != np.uint8:
         raise TypeError(f"CLAHE needs uint8 patterns, got {patterns.dtype}; rescale with rescale_to_uint8 first")
-    op = cv2.createCLAHE(clipLimit=float(config.clip_limit), tileGridSize=tuple(int(t) for t in config.tiles))
+    rows, cols = (int(t) for t in config.tiles)
+    # OpenCV's tileGridSize is (columns, rows); ours is (rows, columns), as clahe_tf's (same for the square 4 x 4)
+    op = cv2.createCLAHE(clipLimit=float(config.clip_limit), tileGridSize=(cols, rows))
     if patterns.ndim == 2:
         return op.apply(np.ascontiguousarray(patterns))
     if patterns.ndim != 3:
