@@ -122,3 +122,18 @@ def test_png_rows_are_labelled_by_pattern_number(model, tmp_path, monkeypatch):
     assert main(["generate", "-m", str(model), "--euler", "120", "45", "60", "--degrees", "-o", str(out)]) == 0
     assert seen["rows"] == ["pattern 1"] and seen["titles"] == ["(120°, 45°, 60°) 20 kV"]
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_generate_for_another_detector_and_cnn_refusal(model, tmp_path, capsys):
+    out = tmp_path / "big.npy"
+    argv = ["generate", "--euler", "0.1", "0.2", "0.3", "-m", str(model), "--kv", "20", "--no-progress"]
+    assert main([*argv, "--shape", "96", "128", "--binning", "2", "--pc", "0.45", "0.4", "0.6", "--tilt", "0",
+                 "-o", str(out)]) == 0  # fmt: skip
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "detector 48x64, PC (0.45, 0.4, 0.6), tilt 0 deg" in first and "4x5 tiles" in first
+    assert np.load(out).shape == (1, 48, 64)
+    cnn = save_model(tmp_path / "cnn.keras")
+    bad = tmp_path / "bad.npy"
+    _fails(["generate", "--euler", "0.1", "0.2", "0.3", "-m", str(cnn), "--shape", "48", "64", "-o", str(bad)],
+           capsys, "cannot project onto another")  # fmt: skip
+    assert not bad.exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ebsd_keras.cli._detector import add_detector_arguments, detector_settings
+
 DESCRIPTION = """\
 Export a trained .keras model (its decoder) as a TensorFlow SavedModel in TF Serving's layout OUT/VERSION/,
 written atomically, with signatures:
@@ -20,8 +22,14 @@ normalised. OUT/VERSION/assets.extra/ebsd_keras.json records the model config an
 on raw patterns (whose learned master pattern is then the true one, not one only up to CLAHE's monotone ambiguity)
 serving CLAHE'd patterns; --keras FILE also saves that model as a .keras file.
 
+A SavedModel generates for one detector. Projecting models (physics, field) can be exported for another one:
+--detector-from FILE (a pattern file's detector, read by kikuchipy) and/or --shape ROWS COLS, --binning N,
+--pc PCX PCY PCZ, --tilt DEG, --sample-tilt DEG; CLAHE tiles scale with the pattern. The detector is recorded in
+assets.extra/ebsd_keras.json ("detector") and in the output description.
+
 example:
   ebsd-keras export saved_models/ni20-physics/model.keras -o saved_models/ni20-physics
+  ebsd-keras export saved_models/ni20-physics -o runs/ni20-480x640 --shape 480 640 --pc 0.47 0.46 0.625
   saved_model_cli show --dir saved_models/ni20-physics/1 --all
   ebsd-keras export runs/raw/model.keras --contrast clahe --keras runs/raw/model_clahe.keras -o saved_models/ni20
 """
@@ -44,14 +52,14 @@ def register(subparsers) -> None:
     p.add_argument("--clip-limit", type=float, help="with --contrast clahe: clip limit (default: the model's)")
     p.add_argument("--tiles", type=int, nargs=2, metavar=("ROWS", "COLS"), help="with --contrast clahe: CLAHE tiles")
     p.add_argument("--keras", type=Path, dest="keras_out", help="with --contrast: also save that model here (.keras)")
+    add_detector_arguments(p, contrast=False)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ebsd_keras._atomic import check_writable
     from ebsd_keras.errors import EBSDInputError
     from ebsd_keras.serving.export import export_saved_model
-
-    from ebsd_keras._atomic import check_writable
     from ebsd_keras.serving.models import inspect_model_file
 
     check_writable(args.output, "rundir", field="-o/--output")  # the serving folder may exist; VERSION/ goes in it
@@ -66,9 +74,20 @@ def run(args) -> int:
             raise EBSDInputError("--keras, --clip-limit and --tiles need --contrast", args.model, "contrast")
     else:
         model = _switched(args)
-    target = export_saved_model(model, args.output, version=args.model_version, overwrite=args.overwrite)
+    detector = detector_settings(args, contrast="model")
+    target = export_saved_model(
+        model, args.output, version=args.model_version, overwrite=args.overwrite, detector=detector
+    )
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print(f"SavedModel written to {target} ({size / 1e6:.1f} MB); signatures serving_default, with_latent, from_euler")
+    if not detector.is_default:
+        import json
+
+        det = json.loads((target / "assets.extra" / "ebsd_keras.json").read_text())["detector"]
+        print(
+            f"for one detector: {det['shape'][0]}x{det['shape'][1]}, PC ({', '.join(f'{v:.4g}' for v in det['pc'])}), "
+            f"tilt {det['tilt_deg']:g} deg, sample tilt {det['sample_tilt_deg']:g} deg"
+        )
     return 0
 
 

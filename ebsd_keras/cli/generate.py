@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ebsd_keras.cli._detector import DETECTOR_HELP, add_detector_arguments, detector_settings
+
 DESCRIPTION = """\
-Generate EBSD patterns with a trained model (default: the shipped model made for the requested voltages —
-saved_models/ni20-physics (EMsoft Ni 20 kV, 60 x 60) at 20 kV, the default voltage; the voltage-aware
-saved_models/ni-voltage-physics (10-30 kV) at other voltages).
+Generate EBSD patterns with a trained model (default: chosen per pattern, each voltage alone picking the shipped
+model made for it — saved_models/ni20-physics (EMsoft Ni 20 kV, 60 x 60) at 20 kV, the default voltage; the
+voltage-aware saved_models/ni-voltage-physics (10-30 kV) at other voltages — so a pattern never changes with the
+other voltages of a request; one line says which model serves which voltages, from what data).
 
 Orientations (exactly one source):
   --euler PHI1 PHI PHI2 [...]   Bunge Euler angles, radians (--degrees for degrees); several triples allowed
@@ -22,10 +25,13 @@ patterns), or is refused with --strict.
 Output by suffix, written atomically: .h5/.hdf5 EMsoft EMEBSD layout (uint8 patterns, Euler radians, voltages;
 opens with kikuchipy.load), .npy float32 (M, H, W) in [0, 1], .npz (patterns + angles + voltages), .png grid.
 
+""" + DETECTOR_HELP + """
 examples:
   ebsd-keras generate --euler 2.0944 0.7854 1.0472 -o one.png
   ebsd-keras generate --euler 120 45 60 0 0 0 --degrees --samples 4 --seed 1 -o samples.png
   ebsd-keras generate --angles data/ni20/test.h5 -o generated_test.h5 --batch-size 512
+  ebsd-keras generate --euler 120 45 60 --degrees --shape 480 640 --pc 0.47 0.46 0.625 --tilt 10 -o big.png
+  ebsd-keras generate --angles di.txt --detector-from patterns.h5 --contrast raw -o dictionary.h5
 """
 
 
@@ -50,6 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--strict", action="store_true", help="refuse voltages outside the model's trained range")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_detector_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -86,6 +93,7 @@ def run(args) -> int:
             output=args.output,
             overwrite=args.overwrite,
             progress=False if args.no_progress else None,
+            detector=detector_settings(args),
         )
     for w in caught:
         if issubclass(w.category, VoltageRangeWarning):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ebsd_keras.cli._detector import add_detector_arguments, detector_settings
+
 DESCRIPTION = """\
 Refine the orientations of EBSD patterns by maximising the normalised cross-correlation (NCC) between each pattern
 and the generator's pattern, by Gauss-Newton (Levenberg-Marquardt) steps on a rotation-vector perturbation
@@ -21,6 +23,11 @@ Output (atomic; nothing is written on error): an EMsoft 'eu' angle file (Bunge E
 suffix an HDF5 file with EulerAngles (radians), quaternions, NCC scores, start orientations, pattern centres and
 the settings. When the pattern file's EulerAngles are the true orientations (simulated data), --truth prints the
 DI and refined disorientation to them.
+
+Detector: a projecting model (physics, field) refines patterns of any detector: when the patterns' shape differs
+from the model's, the model is re-aimed at the pattern file's detector (its recorded provenance, else kikuchipy's
+reading of it); --detector-from, --shape/--binning, --tilt, --sample-tilt and --contrast override it (--pc stays the
+start pattern centre).
 
 examples:
   ebsd-keras refine data/ni20/test.h5 --model saved_models/ni20-physics/model.keras -n 1000 -o refined.h5 --truth
@@ -88,6 +95,7 @@ def register(subparsers) -> None:
     p.add_argument("--truth", action="store_true", help="print errors against the file's EulerAngles")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_detector_arguments(p, pc=False)
     p.set_defaults(func=run)
 
 
@@ -147,6 +155,7 @@ def run(args) -> int:
             clahe_gradient=args.clahe_gradient,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            detector=detector_settings(args, pc_option=False),
         )
     )
     result, data = outcome.result, outcome.data

@@ -19,7 +19,14 @@ import numpy as np
 
 from ebsd_keras.errors import EBSDInputError
 
-__all__ = ["RefineRequest", "RefineOutcome", "refine_patterns", "read_start", "write_refined"]
+__all__ = [
+    "RefineRequest",
+    "RefineOutcome",
+    "refine_patterns",
+    "read_start",
+    "write_refined",
+    "model_at_patterns_detector",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,10 @@ class RefineRequest:
         :func:`~ebsd_keras.indexing.generator.model_refinement_generator`.
     overwrite, progress
         Replace an existing output; progress bars.
+    detector
+        :class:`~ebsd_keras.serving.detector.DetectorSettings` to re-aim a projecting model (physics, field) at
+        another detector; None: the model's own, or -- when the patterns are of another shape -- the pattern
+        file's detector (its provenance, else what kikuchipy reads).
     """
 
     patterns: Path
@@ -66,6 +77,7 @@ class RefineRequest:
     clahe_gradient: str | None = "lut"
     overwrite: bool = False
     progress: bool = True
+    detector: object = None
 
 
 @dataclass
@@ -102,6 +114,7 @@ def refine_patterns(req: RefineRequest) -> RefineOutcome:
     kv = float(req.kv) if req.kv is not None else float(np.median(data.voltage_kv))
     check_voltage_kv(kv, req.patterns if req.kv is None else None, "--kv")
     model, info = load_generator(req.model)
+    model = model_at_patterns_detector(model, req.detector, data, req.patterns, info.get("path"))
     shape = tuple(model.model_config.image_shape)
     if tuple(data.shape) != shape:
         raise EBSDInputError(
@@ -135,6 +148,40 @@ def refine_patterns(req: RefineRequest) -> RefineOutcome:
     }
     write_refined(req.output, result, q_start, data.index, record, req.overwrite)
     return RefineOutcome(result, q_start, data, kv, di_seconds, di_size)
+
+
+def model_at_patterns_detector(model, settings, data, patterns_path, model_path=None):
+    """The model re-aimed at the detector asked for, or -- patterns of another shape than the model's -- at the
+    pattern file's detector (its recorded provenance, else kikuchipy's reading of the file). Unchanged otherwise.
+
+    Raises
+    ------
+    EBSDInputError
+        A model that cannot project (CNN decoders) asked for another detector.
+    """
+    from ebsd_keras.serving.detector import DetectorSettings, for_detector
+
+    settings = settings if settings is not None else DetectorSettings()
+    same_shape = tuple(data.shape) == tuple(model.model_config.image_shape)
+    if settings.is_default and same_shape:
+        return model
+    if settings.source is None and not same_shape:
+        from dataclasses import replace
+
+        det = (data.metadata or {}).get("detector") or {}
+        source = _recorded_detector(det, data.shape) or patterns_path
+        settings = replace(settings, source=source)
+    return for_detector(model, settings, path=model_path)
+
+
+def _recorded_detector(det: dict, shape):
+    """A DetectorGeometry from a test set's recorded detector dict, or None."""
+    from ebsd_keras.simulations.geometry import DetectorGeometry
+
+    if "pc" not in det:
+        return None
+    keys = ("pc", "tilt_deg", "sample_tilt_deg", "azimuthal_deg", "twist_deg")
+    return DetectorGeometry.from_dict({"shape": list(shape), **{k: det[k] for k in keys if k in det}})
 
 
 def _start_pc(req: RefineRequest, data, generator, decoder_name: str):

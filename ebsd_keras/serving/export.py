@@ -146,7 +146,9 @@ def _graph_functions(decoder, use_voltage: bool, latent_dim: int, image_shape):
     }
 
 
-def export_saved_model(model, out_dir, version: int | None = None, overwrite: bool = False) -> Path:
+def export_saved_model(
+    model, out_dir, version: int | None = None, overwrite: bool = False, detector=None, contrast: str = "model"
+) -> Path:
     """Export a model's decoder as a SavedModel in TF Serving's ``OUT/VERSION/`` layout, atomically.
 
     Parameters
@@ -159,6 +161,11 @@ def export_saved_model(model, out_dir, version: int | None = None, overwrite: bo
         Positive integer; default :func:`next_version`.
     overwrite
         Replace an existing ``OUT/VERSION`` (only once the new one is complete).
+    detector, contrast
+        Export for another detector (projecting models only; see :func:`ebsd_keras.serving.detector.for_detector`):
+        a :class:`~ebsd_keras.serving.detector.DetectorSettings`, DetectorGeometry, kikuchipy ``EBSDDetector`` or a
+        pattern file. A SavedModel serves exactly one detector; ``assets.extra/ebsd_keras.json`` records it under
+        ``detector`` and in the signatures' description.
 
     Returns
     -------
@@ -185,7 +192,11 @@ def export_saved_model(model, out_dir, version: int | None = None, overwrite: bo
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target}: already exists (use --overwrite to replace it)")
     loaded, info = load_generator(model)
+    from ebsd_keras.serving.detector import for_detector, model_geometry
+
+    loaded = for_detector(loaded, detector, contrast=contrast, path=info["path"])
     cfg = loaded.model_config
+    geometry = model_geometry(cfg)
     decoder = loaded.decoder
     archive = keras.export.ExportArchive()
     archive.track(decoder)
@@ -198,6 +209,19 @@ def export_saved_model(model, out_dir, version: int | None = None, overwrite: bo
         "keras_version": keras.__version__,
         "source_model": info["path"],
         "source_sha256": file_sha256(info["path"]) if info["path"] else None,
+        "detector": {
+            **geometry.to_dict(),
+            "note": "this SavedModel generates for this one detector (shape, pattern centre, tilts) only",
+            "retargeted": hasattr(loaded, "source_config"),
+        },
+        "contrast": {
+            "kind": cfg.physics_contrast if cfg.decoder in ("physics", "field") else "as learned",
+            **(
+                {"clip_limit": float(cfg.physics_clahe_clip_limit), "tiles": list(cfg.physics_clahe_tiles)}
+                if cfg.decoder in ("physics", "field") and cfg.physics_contrast == "clahe"
+                else {}
+            ),
+        },
         "model_config": cfg.to_dict(),
         "use_voltage": bool(cfg.use_voltage),
         "trained_voltage_kv": list(info["voltage_range_kv"]),
@@ -207,7 +231,11 @@ def export_saved_model(model, out_dir, version: int | None = None, overwrite: bo
             "serving_default": {"inputs": {"quaternion": "[N, 4]", "voltage_kv": "[N] kV"}},
             "with_latent": {"inputs": {"quaternion": "[N, 4]", "voltage_kv": "[N] kV", "latent": "[N, latent_dim]"}},
             "from_euler": {"inputs": {"euler": "[N, 3] Bunge radians", "voltage_kv": "[N] kV"}},
-            "outputs": {"patterns": f"[N, {cfg.image_shape[0]}, {cfg.image_shape[1]}, 1] float32 in [0, 1]"},
+            "outputs": {
+                "patterns": f"[N, {cfg.image_shape[0]}, {cfg.image_shape[1]}, 1] float32 in [0, 1], for the one "
+                f"detector recorded under 'detector' (PC {', '.join(f'{p:.4g}' for p in geometry.pc)}, tilt "
+                f"{geometry.tilt_deg:g} deg, sample tilt {geometry.sample_tilt_deg:g} deg)"
+            },
         },
     }
     with atomic_dir(target, overwrite=overwrite) as tmp:

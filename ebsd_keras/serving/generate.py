@@ -34,6 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -67,6 +68,8 @@ logger = logging.getLogger(__name__)
 UNIT_TOLERANCE = 1e-5
 #: More patterns than this cannot go into one PNG grid.
 PNG_MAX_PATTERNS = 1024
+#: Pixels per model call at most (256 patterns of 60 x 60 fit; 6 of 480 x 640).
+MAX_BATCH_PIXELS = 2_000_000
 
 
 class VoltageRangeWarning(UserWarning):
@@ -466,16 +469,26 @@ def writer_for(output) -> type[PatternWriter]:
 
 
 def model_detector(model_config):
-    """The :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` of a model's patterns (the physics decoder's
-    own; the dataset default else)."""
-    from ebsd_keras.simulations.geometry import DetectorGeometry
+    """The :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` of a model's patterns (the physics and field
+    decoders' own; the dataset default else)."""
+    from ebsd_keras.serving.detector import model_geometry
 
+    return model_geometry(model_config)
+
+
+def describe_detector(geometry, model_config) -> str:
+    """One line: the detector and contrast patterns are generated for."""
     cfg = model_config
-    if cfg.decoder == "physics":
-        from ebsd_keras.models.physics import physics_geometry
-
-        return physics_geometry(cfg)
-    return DetectorGeometry(shape=tuple(int(s) for s in cfg.image_shape))
+    pc = ", ".join(f"{p:.4g}" for p in geometry.pc)
+    contrast = {"clahe": "CLAHE", "rescale": "raw (min-max rescaled)"}.get(cfg.physics_contrast, cfg.physics_contrast)
+    if cfg.physics_contrast == "clahe":
+        contrast += (
+            f" (clip {cfg.physics_clahe_clip_limit:g}, {cfg.physics_clahe_tiles[0]}x{cfg.physics_clahe_tiles[1]} tiles)"
+        )
+    return (
+        f"detector {geometry.shape[0]}x{geometry.shape[1]}, PC ({pc}), tilt {geometry.tilt_deg:g} deg, "
+        f"sample tilt {geometry.sample_tilt_deg:g} deg, {contrast}"
+    )
 
 
 def _detector_dict(geometry) -> dict:
@@ -486,10 +499,12 @@ def _detector_dict(geometry) -> dict:
 
 def _preprocessing(model_config):
     cfg = model_config
-    if cfg.decoder == "physics" and cfg.physics_contrast == "clahe":
+    if cfg.decoder in ("physics", "field") and cfg.physics_contrast == "clahe":
         from ebsd_keras.data.preprocess import CLAHEConfig
 
         return CLAHEConfig(cfg.physics_clahe_clip_limit, tuple(cfg.physics_clahe_tiles)).to_dict()
+    if cfg.decoder in ("physics", "field") and cfg.physics_contrast == "rescale":
+        return "raw: per-pattern min-max rescale of the projected intensities, no CLAHE"
     return "as learned by the model"
 
 
@@ -622,6 +637,14 @@ class GenerationRequest:
         Also return the patterns when writing ``output`` (default: only without ``output``, or for ``.npz`` / PNG).
     progress
         Progress bar on stderr (default: for 2,048 patterns or more).
+    detector
+        Generate for another detector (models that project: physics and field decoders): a
+        :class:`~ebsd_keras.serving.detector.DetectorSettings` (shape, binning, pattern centre, tilts, a file's
+        detector), a :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` or its dict, a kikuchipy
+        ``EBSDDetector`` or a pattern file whose detector kikuchipy reads. None: the model's own detector.
+    contrast
+        "model" (the model's own; CLAHE tiles scale with the pattern), "clahe" or "raw" (per-pattern min-max
+        rescale of the projection, no CLAHE). Ignored when ``detector`` is a DetectorSettings (it has its own).
 
     Raises
     ------
@@ -643,6 +666,8 @@ class GenerationRequest:
     overwrite: bool = True
     keep_patterns: bool | None = None
     progress: bool | None = None
+    detector: object = None
+    contrast: Literal["model", "clahe", "raw"] = "model"
 
     def __post_init__(self):
         s = self.samples
@@ -655,6 +680,16 @@ class GenerationRequest:
             raise EBSDInputError("give samples or latent vectors, not both", None, "latent")
         if self.output is not None:
             writer_for(self.output)
+        if self.contrast not in ("model", "clahe", "raw"):
+            raise EBSDInputError(f"contrast must be model, clahe or raw, got {self.contrast!r}", None, "contrast")
+
+    def detector_settings(self):
+        """The :class:`~ebsd_keras.serving.detector.DetectorSettings` of the request."""
+        from ebsd_keras.serving.detector import DetectorSettings
+
+        if isinstance(self.detector, DetectorSettings):
+            return self.detector
+        return DetectorSettings(source=self.detector, contrast=self.contrast)
 
     @property
     def samples_per_orientation(self) -> int:
@@ -719,6 +754,12 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
             "output",
         )
     parts = _model_parts(model, requested, n)
+    settings = req.detector_settings()
+    if not settings.is_default:
+        from ebsd_keras.serving.detector import for_detector
+
+        for part in parts:
+            part.model = for_detector(part.model, settings, path=part.info.get("path"))
     volts = np.empty(n, dtype=np.float64)
     for part in parts:  # each model checks the voltages it serves against its own trained range
         idx = part.orientations
@@ -772,6 +813,9 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
     z = _latents(req, cfg, n, m)
     keep = writer_cls is None or writer_cls.needs_patterns or bool(req.keep_patterns)
     detector = model_detector(cfg)
+    if not settings.is_default:
+        result.info["detector"] = {"detector": detector.to_dict(), "contrast": settings.contrast}
+        result.info["model_line"] += "; " + describe_detector(detector, cfg)
     metadata = {
         "source": {"kind": "generated", **{k_: v for k_, v in result.info.items() if k_ != "model_line"}},
         "preprocessing": _preprocessing(cfg),
@@ -784,10 +828,12 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
     kept = np.empty((m, *shape), dtype=np.float32) if keep else None
     fns = [_generator_fn(p.model) for p in parts]
     q, v32 = result.quaternion, result.voltage_kv.astype(np.float32)
+    # a large detector (480 x 640) holds 85x the pixels of 60 x 60: bound the pixels per model call, not the count
+    step = max(1, min(int(req.batch_size), MAX_BATCH_PIXELS // (shape[0] * shape[1])))
     t0 = time.perf_counter()
     with writer, _progress(m, req.progress, "generating") as bar:
-        for start in range(0, m, int(req.batch_size)):
-            stop = min(start + int(req.batch_size), m)
+        for start in range(0, m, step):
+            stop = min(start + step, m)
             if len(fns) == 1:
                 batch = fns[0](q[start:stop], v32[start:stop], None if z is None else z[start:stop])
             else:  # each pattern from the model of its own voltage
