@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.io.experimental import detector_from_kikuchipy, load_kikuchipy
 
 __all__ = [
     "CONTRASTS",
@@ -116,42 +115,6 @@ class DetectorSettings:
         )
 
 
-def detector_from_kikuchipy(detector, path=None):
-    """The :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` of a kikuchipy ``EBSDDetector``: its pattern
-    shape, mean Bruker pattern centre, tilts (degrees).
-
-    Raises
-    ------
-    EBSDInputError
-        A pattern centre with PCz <= 0 (e.g. an h5ebsd file that stores none) or an unusable detector.
-    """
-    from ebsd_keras.simulations.geometry import DetectorGeometry
-
-    try:
-        pc = np.asarray(detector.pc_average, dtype=np.float64).reshape(3)
-        shape = tuple(int(s) for s in detector.shape)
-        angles = {n: float(getattr(detector, n, 0.0)) for n in ("tilt", "sample_tilt", "azimuthal", "twist")}
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise EBSDInputError(
-            f"not a usable kikuchipy EBSDDetector ({type(exc).__name__}: {exc})", path, "detector"
-        ) from None
-    try:
-        return DetectorGeometry(
-            shape=shape,
-            pc=tuple(pc),
-            tilt_deg=angles["tilt"],
-            sample_tilt_deg=angles["sample_tilt"],
-            azimuthal_deg=angles["azimuthal"],
-            twist_deg=angles["twist"],
-        )
-    except EBSDInputError as err:
-        raise EBSDInputError(
-            f"{err.message} (the file's detector has no usable pattern centre: give --pc)",
-            path,
-            f"detector/{err.field}",
-        ) from None
-
-
 def _own_detector(path: Path):
     """The detector recorded in an ebsd_keras file's provenance (``ebsd_keras`` group), or None."""
     import h5py
@@ -195,21 +158,7 @@ def read_detector(path):
         own = _own_detector(path)
         if own is not None:
             return own
-    signal = _load_kikuchipy(path)
-    return detector_from_kikuchipy(signal.detector, path)
-
-
-def _load_kikuchipy(path: Path):
-    try:
-        import kikuchipy as kp
-    except ImportError:
-        raise EBSDInputError(
-            "reading a detector from a pattern file needs kikuchipy: pip install 'ebsd_keras[data]'", path, "file"
-        ) from None
-    try:
-        return kp.load(str(path), lazy=True)
-    except Exception as exc:  # noqa: BLE001 - kikuchipy raises many types for files it cannot read
-        raise EBSDInputError(f"kikuchipy cannot read this file ({type(exc).__name__}: {exc})", path, "file") from None
+    return detector_from_kikuchipy(load_kikuchipy(path, lazy=True).detector, path)
 
 
 def model_geometry(model_config):
