@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -77,6 +78,10 @@ def same_arrays(a: dict, b: dict) -> bool:
 # A cvae -> critic -> gan chain, shared by test_phases.py and test_resume.py (training is the slow part of the tests)
 # ---------------------------------------------------------------------------------------------------------------------
 EPOCHS, STEPS = 2, 3
+#: Files whose write is interrupted by SIGKILL in the chain's "killed-<name>" runs (tests/training/_kill_in_write.py):
+#: the epoch-0 resume state, the best checkpoint, the final model.
+KILLED_WRITES = ("state.json", "best.keras", "model.keras")
+KILL_IN_WRITE = str(Path(__file__).with_name("_kill_in_write.py"))
 
 
 def train_config(data, out, phase="cvae", **kw):
@@ -108,14 +113,15 @@ def cli_argv(data, out, phase="cvae", init_from=None, seed=0):
     return argv + (["--init-from", str(init_from)] if init_from else [])
 
 
-def start_cli(argv, **env):
-    """`python -m ebsd_keras *argv` in a background subprocess (stdout + stderr captured)."""
+def start_cli(argv, python_script=False, **env):
+    """`python -m ebsd_keras *argv` (or `python *argv` for a script) in a background subprocess (stdout + stderr
+    captured)."""
     from ebsd_keras.training.callbacks import KILL_ENV_VAR
 
     full_env = {k: v for k, v in os.environ.items() if k != KILL_ENV_VAR}
     full_env.update({"TF_CPP_MIN_LOG_LEVEL": "3", **env})
     return subprocess.Popen(
-        [sys.executable, "-m", "ebsd_keras", *argv],
+        [sys.executable, *argv] if python_script else [sys.executable, "-m", "ebsd_keras", *argv],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -134,7 +140,9 @@ def chain(tiny_data, tmp_path_factory):
         the cvae phase with the same settings, seed 0 and seed 1 (test_phases.py: same seed, same weights);
     ``chain["killed"]``
         the gan phase with the same settings, killing itself after STEPS + 1 steps, i.e. during epoch 2
-        (test_resume.py).
+        (test_resume.py);
+    ``chain["killed-<name>"]``
+        the same, killed while writing the file ``name`` of :data:`KILLED_WRITES` (test_resume.py).
 
     Each is ``{"proc": Popen, "argv": list, "dir": Path}``.
     """
@@ -144,8 +152,9 @@ def chain(tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     runs, procs, prev = {}, [], None
 
-    def background(name, argv, **env):
-        runs[name] = {"proc": start_cli(argv, **env), "argv": argv, "dir": root / name}
+    def background(name, argv, python_script=False, **env):
+        proc = start_cli(argv, python_script=python_script, **env)
+        runs[name] = {"proc": proc, "argv": argv[2:] if python_script else argv, "dir": root / name}
         procs.append(runs[name]["proc"])
 
     background("again", cli_argv(tiny_data, root / "again"))
@@ -155,6 +164,9 @@ def chain(tiny_data, tmp_path_factory):
             if phase == "gan":
                 argv = cli_argv(tiny_data, root / "killed", "gan", init_from=prev)
                 background("killed", argv, **{KILL_ENV_VAR: str(STEPS + 1)})
+                for name in KILLED_WRITES:
+                    argv = cli_argv(tiny_data, root / f"killed-{name}", "gan", init_from=prev)
+                    background(f"killed-{name}", [KILL_IN_WRITE, name, *argv], python_script=True)
             out = root / phase
             summary = train(train_config(tiny_data, out, phase, init_from=prev), verbose=0)
             runs[phase] = {"dir": out, "summary": summary}

@@ -24,7 +24,7 @@ from ebsd_keras.training.callbacks import (
     seed_generator_states,
 )
 
-from .conftest import EPOCHS, cli_argv, keras_file_arrays, same_arrays, train_config
+from .conftest import EPOCHS, KILLED_WRITES, cli_argv, keras_file_arrays, same_arrays, train_config
 
 
 def _compiled(seed):
@@ -98,6 +98,23 @@ def test_sigkill_resume_equals_uninterrupted_run(chain, tiny_data, capsys):
     assert (full / "history.csv").read_text() == (killed / "history.csv").read_text()
     assert chain["gan"]["summary"]["best"] == summary["best"]
 
+
+
+@pytest.mark.parametrize("name", KILLED_WRITES)
+def test_sigkill_during_a_write_then_resume_equals_uninterrupted_run(chain, name, capsys):
+    """Killed while writing ``name`` (its temporary file half written, not yet renamed): the same command again
+    ends bit-identical to the uninterrupted run, and no temporary file is left anywhere in the run directory."""
+    full, run = chain["gan"]["dir"], chain[f"killed-{name}"]
+    output, _ = run["proc"].communicate(timeout=300)
+    assert run["proc"].returncode == -signal.SIGKILL, output
+    killed = run["dir"]
+    assert list(killed.rglob(f".{name}*")), "the kill left no half-written temporary (it came at the wrong time)"
+    assert not (killed / "model.keras").exists()
+    assert main(run["argv"]) == 0, capsys.readouterr().err
+    for file in ("model.keras", "best.keras"):
+        assert same_arrays(keras_file_arrays(full / file), keras_file_arrays(killed / file)), file
+    assert (full / "history.csv").read_text() == (killed / "history.csv").read_text()
+    assert [p.name for p in killed.rglob("*") if ".tmp" in p.name] == []
 
 # ---------------------------------------------------------------------------------------------------------------------
 # damaged resume points, NaN and divergence (issue 16)
