@@ -15,13 +15,23 @@ Units: PC Bruker fractions, angles degrees, BCE nats per pixel.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from ebsd_keras.errors import EBSDInputError
+from ebsd_keras.simulations.geometry import DetectorGeometry
 
-__all__ = ["DEFAULT_PATTERN_CENTRES", "random_quaternions", "true_patterns_at", "evaluate_pattern_centres"]
+__all__ = [
+    "DEFAULT_PATTERN_CENTRES",
+    "PatternCentreStudy",
+    "random_quaternions",
+    "true_patterns_at",
+    "evaluate_pattern_centres",
+]
 
 #: Pattern centres around the training one (0.5, 0.5, 0.6): shifted across and along the screen, nearer and farther.
 DEFAULT_PATTERN_CENTRES = (
@@ -33,6 +43,64 @@ DEFAULT_PATTERN_CENTRES = (
 )
 
 
+@dataclass(frozen=True)
+class PatternCentreStudy:
+    """What :func:`evaluate_pattern_centres` measures (validated on construction).
+
+    Attributes
+    ----------
+    pattern_centres
+        Bruker (PCx, PCy, PCz) to evaluate at (include the training PC as the reference row).
+    n
+        Random orientations per PC.
+    seed
+        Seed of the orientations (the same for every PC).
+    detector
+        Detector (shape, tilts); its PC is replaced by each studied one. Default: the model's detector.
+    energy_kv
+        Voltage, kV (the master pattern's).
+    preprocessing
+        Of the true patterns and of the DI dictionary: "clahe" (rescale to uint8, clip 10, 4 x 4 tiles) or "none".
+    dictionary_resolution_deg
+        DI dictionary spacing, degrees.
+    refine
+        Run DI + BOBYQA of generated and true patterns (the slow part: one dictionary projection per PC).
+    refine_pc_offset
+        An error (3,) added to each true PC as the start of a PC calibration through the model: the PC of the true
+        patterns (orientations known) is refined by :func:`~ebsd_keras.indexing.refinement.refine_gradient`
+        (``refine_pc=True, refine_orientation=False``) and its error reported. Local refinement: keep the offset
+        within about a pixel (0.01 of the width on 60 px); at 0.03 the NCC with the truth is ~0 (no basin).
+    """
+
+    pattern_centres: tuple = DEFAULT_PATTERN_CENTRES
+    n: int = 200
+    seed: int = 0
+    detector: DetectorGeometry | None = None
+    energy_kv: float = 20.0
+    preprocessing: Literal["clahe", "none"] = "clahe"
+    dictionary_resolution_deg: float = 2.0
+    refine: bool = True
+    refine_pc_offset: tuple | None = None
+
+    def __post_init__(self):
+        pcs = tuple(tuple(float(v) for v in pc) for pc in self.pattern_centres)
+        if not pcs or any(len(pc) != 3 or pc[2] <= 0 for pc in pcs):
+            raise EBSDInputError("pattern centres must be Bruker (PCx, PCy, PCz) with PCz > 0", None, "pattern_centres")
+        object.__setattr__(self, "pattern_centres", pcs)
+        if int(self.n) != self.n or self.n < 1:
+            raise EBSDInputError(f"n must be a positive integer, got {self.n!r}", None, "n")
+        if self.preprocessing not in ("clahe", "none"):
+            raise EBSDInputError(f"preprocessing must be 'clahe' or 'none', got {self.preprocessing!r}", None,
+                                 "preprocessing")  # fmt: skip
+        if self.detector is not None and not isinstance(self.detector, DetectorGeometry):
+            object.__setattr__(self, "detector", DetectorGeometry.from_dict(dict(self.detector)))
+        if self.refine_pc_offset is not None:
+            offset = tuple(float(v) for v in self.refine_pc_offset)
+            if len(offset) != 3:
+                raise EBSDInputError("refine_pc_offset must be three numbers", None, "refine_pc_offset")
+            object.__setattr__(self, "refine_pc_offset", offset)
+
+
 def random_quaternions(n: int, seed: int = 0) -> np.ndarray:
     """(n, 4) float64 unit quaternions uniform on SO(3) (normalised Gaussian 4-vectors), q0 >= 0."""
     q = np.random.default_rng(seed).standard_normal((int(n), 4))
@@ -40,7 +108,9 @@ def random_quaternions(n: int, seed: int = 0) -> np.ndarray:
     return np.where(q[:, :1] < 0, -q, q)
 
 
-def true_patterns_at(master_pattern, quaternions, detector: dict, energy_kv: float, clahe_config) -> np.ndarray:
+def true_patterns_at(
+    master_pattern, quaternions, detector: DetectorGeometry | dict, energy_kv: float, clahe_config
+) -> np.ndarray:
     """kikuchipy projections of a master pattern at one detector geometry, preprocessed like the dataset.
 
     Parameters
@@ -50,7 +120,8 @@ def true_patterns_at(master_pattern, quaternions, detector: dict, energy_kv: flo
     quaternions
         (N, 4) orientations.
     detector
-        Detector dict (``pc`` Bruker, ``shape``, ``tilt_deg``, ``sample_tilt_deg``, ...).
+        :class:`~ebsd_keras.simulations.geometry.DetectorGeometry` (or its dict: ``pc`` Bruker, ``shape``,
+        ``tilt_deg``, ``sample_tilt_deg``, ``px_size_um``, ``binning``).
     energy_kv
         Voltage, kV.
     clahe_config
@@ -64,6 +135,7 @@ def true_patterns_at(master_pattern, quaternions, detector: dict, energy_kv: flo
     from ebsd_keras.data.preprocess import clahe
     from ebsd_keras.data.simulate import make_detector, project_patterns
 
+    detector = detector.to_dict() if isinstance(detector, DetectorGeometry) else detector
     kwargs = {k: detector[k] for k in ("shape", "pc", "tilt_deg", "sample_tilt_deg", "px_size_um", "binning")
               if k in detector}  # fmt: skip
     det = make_detector(**kwargs)
@@ -85,17 +157,11 @@ def _generate(model, q: np.ndarray, pc, batch: int = 256) -> np.ndarray:
 
 def evaluate_pattern_centres(
     model,
-    pattern_centres=DEFAULT_PATTERN_CENTRES,
-    n: int = 200,
-    seed: int = 0,
-    detector: dict | None = None,
-    energy_kv: float = 20.0,
+    study: PatternCentreStudy | None = None,
+    *,
     master_pattern=None,
-    clahe_config="default",
-    dictionary_resolution_deg: float = 2.0,
-    refine: bool = True,
-    refine_pc_offset=None,
     progress: bool = False,
+    **keywords,
 ) -> dict:
     """Fidelity of a model's patterns at several pattern centres against the true master pattern's.
 
@@ -103,29 +169,12 @@ def evaluate_pattern_centres(
     ----------
     model
         A CVAEGAN (or decoder) whose ``generate`` takes ``"pc"`` (the physics decoder).
-    pattern_centres
-        Bruker (PCx, PCy, PCz) to evaluate at (include the training PC as the reference row).
-    n
-        Random orientations per PC.
-    seed
-        Seed of the orientations (the same for every PC).
-    detector
-        Detector dict (shape, tilts); default the model's physics detector.
-    energy_kv
-        Voltage, kV (the master pattern's).
+    study
+        :class:`PatternCentreStudy` (pattern centres, orientations, detector, preprocessing, refinement); or give its
+        fields as keywords (``evaluate_pattern_centres(model, n=100, refine=False)``). A sequence of pattern centres
+        here is read as ``pattern_centres``.
     master_pattern
         kikuchipy ``EBSDMasterPattern``; default the embedded EMsoft Ni 20 kV one.
-    clahe_config
-        Preprocessing of the true patterns and the DI dictionary: "default" (clip 10, 4 x 4), a CLAHEConfig or None.
-    dictionary_resolution_deg
-        DI dictionary spacing, degrees.
-    refine
-        Run DI + BOBYQA of generated and true patterns (the slow part: one dictionary projection per PC).
-    refine_pc_offset
-        An error (3,) added to each true PC as the start of a PC calibration through the model: the PC of the true
-        patterns (orientations known) is refined by :func:`~ebsd_keras.indexing.refinement.refine_gradient`
-        (``refine_pc=True, refine_orientation=False``) and its error reported. Local refinement: keep the offset
-        within about a pixel (0.01 of the width on 60 px); at 0.03 the NCC with the truth is ~0 (no basin).
     progress
         Progress bars.
 
@@ -134,7 +183,16 @@ def evaluate_pattern_centres(
     dict
         ``{"settings": {...}, "rows": [{"pc", "ncc", "bce_gap", "within_15pct", "di_error_deg", "refined_error_deg",
         "true_refined_error_deg", "pc_refinement", "seconds"}, ...]}`` with :func:`summarize` dicts.
+
+    Raises
+    ------
+    EBSDInputError
+        A model that generates for one fixed detector only, or invalid settings.
     """
+    if study is not None and not isinstance(study, PatternCentreStudy):
+        keywords = {"pattern_centres": study, **keywords}
+        study = None
+    study = dataclasses.replace(study, **keywords) if study is not None else PatternCentreStudy(**keywords)
     from ebsd_keras.data.preprocess import CLAHEConfig, rescale_to_uint8
     from ebsd_keras.data.simulate import load_master_pattern
     from ebsd_keras.evaluation.metrics import disorientation_stats, pixel_metrics, summarize
@@ -148,36 +206,28 @@ def evaluate_pattern_centres(
             None,
             "model",
         )
-    cfg = decoder.model_config
-    if detector is None:
-        detector = {
-            "shape": list(cfg.image_shape),
-            "pc": list(cfg.physics_detector_pc),
-            "tilt_deg": float(cfg.physics_detector_tilt_deg),
-            "sample_tilt_deg": float(cfg.physics_sample_tilt_deg),
-        }
-    if clahe_config == "default":
-        clahe_config = CLAHEConfig()
+    detector = study.detector or decoder.model_config.detector
+    n, energy_kv = study.n, study.energy_kv
+    clahe_config = CLAHEConfig() if study.preprocessing == "clahe" else None
     mp = master_pattern if master_pattern is not None else load_master_pattern(None, energy_kv)
-    q = random_quaternions(n, seed)
+    q = random_quaternions(n, study.seed)
     generator = None
-    if refine_pc_offset is not None:
+    if study.refine_pc_offset is not None:
         from ebsd_keras.indexing.generator import model_refinement_generator
 
         generator = model_refinement_generator(model)  # one generator: its compiled steps serve every PC
     rows = []
-    for pc in pattern_centres:
-        pc = tuple(float(v) for v in pc)
+    for pc in study.pattern_centres:
         t0 = time.perf_counter()
-        det = {**detector, "pc": list(pc)}
+        det = detector.with_pc(pc)
         truth = true_patterns_at(mp, q, det, energy_kv, clahe_config)
         gen = _generate(model, q, pc)
         stats, _ = pixel_metrics(truth.astype(np.float64) / 255.0, gen)
         row = {"pc": list(pc), **{k: stats[k] for k in ("ncc", "bce_gap", "within_15pct")}}
-        if refine:
+        if study.refine:
             from ebsd_keras.indexing.dictionary import Indexer
 
-            idx = Indexer(mp, det, energy_kv, clahe_config, resolution_deg=dictionary_resolution_deg,
+            idx = Indexer(mp, det, energy_kv, clahe_config, resolution_deg=study.dictionary_resolution_deg,
                           progress=progress)  # fmt: skip
             stack = np.concatenate([rescale_to_uint8(gen, 0.0, 1.0), truth])
             q_di, _ = idx.dictionary_index(stack)
@@ -187,10 +237,10 @@ def evaluate_pattern_centres(
             row["refined_error_deg"] = disorientation_stats(q, r.quaternion[:n])[1]
             row["true_di_error_deg"] = disorientation_stats(q, q_di[n:])[1]
             row["true_refined_error_deg"] = disorientation_stats(qq[n:], r.quaternion[n:])[1]
-        if refine_pc_offset is not None:
+        if study.refine_pc_offset is not None:
             from ebsd_keras.indexing.refinement import refine_gradient
 
-            start = np.asarray(pc) + np.asarray(refine_pc_offset, dtype=np.float64)
+            start = np.asarray(pc) + np.asarray(study.refine_pc_offset, dtype=np.float64)
             res = refine_gradient(
                 generator, truth, q, pc_start=start, refine_pc=True, refine_orientation=False, hessian_every=1,
             )  # fmt: skip
@@ -207,13 +257,13 @@ def evaluate_pattern_centres(
     return {
         "settings": {
             "n": int(n),
-            "seed": int(seed),
-            "detector": detector,
+            "seed": int(study.seed),
+            "detector": detector.to_dict(),
             "energy_kv": float(energy_kv),
             "truth": "kikuchipy EBSDMasterPattern.get_patterns of the master pattern, rescaled to uint8, CLAHE",
             "clahe": None if clahe_config is None else clahe_config.to_dict(),
-            "dictionary_resolution_deg": float(dictionary_resolution_deg) if refine else None,
-            "refiner": "BOBYQA (Indexer.refine_bobyqa, true master pattern at the same PC)" if refine else None,
+            "dictionary_resolution_deg": float(study.dictionary_resolution_deg) if study.refine else None,
+            "refiner": "BOBYQA (Indexer.refine_bobyqa, true master pattern at the same PC)" if study.refine else None,
         },
         "rows": rows,
     }

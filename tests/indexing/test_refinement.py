@@ -208,3 +208,21 @@ def test_pattern_centre_evaluation_rows_and_refusal(master_pattern):
         assert 0 <= row["within_15pct"]["mean"] <= 1 and row["bce_gap"]["mean"] > -1e-9  # BCE >= its optimum
     with pytest.raises(EBSDInputError, match="fixed detector"):
         evaluate_pattern_centres(CVAEGAN(config=get_preset("tiny"), seed=0), pcs, n=2, refine=False)
+    assert res["settings"]["detector"]["shape"] == [60, 60] and res["settings"]["clahe"] is not None
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"pattern_centres": [(0.5, 0.5, 0.0)]}, "pattern_centres"),
+        ({"n": 0}, "n"),
+        ({"preprocessing": "gamma"}, "preprocessing"),
+        ({"refine_pc_offset": (0.01, 0.0)}, "refine_pc_offset"),
+    ],
+)
+def test_pattern_centre_study_refuses_bad_settings_naming_the_field(bad, field):
+    from ebsd_keras.evaluation.pattern_centre import PatternCentreStudy
+
+    with pytest.raises(EBSDInputError) as err:
+        PatternCentreStudy(**bad)
+    assert err.value.field == field
