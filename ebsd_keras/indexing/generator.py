@@ -198,7 +198,8 @@ def _physics_stages(decoder, inputs_of) -> ClaheStages:
     """The physics decoder's clahe path as :class:`ClaheStages`: rescaled projection | CLAHE | logits + residual."""
     from keras import ops
 
-    from ebsd_keras.models.physics import PROB_EPS, minmax_unit
+    from ebsd_keras.models.contrast import minmax_unit
+    from ebsd_keras.models.physics import PROB_EPS
 
     cfg = decoder.model_config
 
@@ -222,7 +223,8 @@ def _physics_clahe_probabilities(decoder, inputs, differentiable: bool, gradient
     from keras import ops
 
     from ebsd_keras.models.clahe import clahe_tf
-    from ebsd_keras.models.physics import PROB_EPS, minmax_unit
+    from ebsd_keras.models.contrast import minmax_unit
+    from ebsd_keras.models.physics import PROB_EPS
 
     cfg = decoder.model_config
     unit = minmax_unit(decoder.project(inputs))
@@ -273,7 +275,7 @@ def master_pattern_generator(
 
     from ebsd_keras.data.preprocess import CLAHEConfig
     from ebsd_keras.models.clahe import clahe_tf
-    from ebsd_keras.models.physics import minmax_unit
+    from ebsd_keras.models.contrast import minmax_unit
     from ebsd_keras.simulations.geometry import DetectorGeometry
     from ebsd_keras.simulations.projection import LambertProjector
 

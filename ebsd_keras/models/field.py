@@ -35,7 +35,7 @@ import numpy as np
 from keras import layers, ops
 
 from ebsd_keras.models.blocks import canonical_quaternion
-from ebsd_keras.models.clahe import clahe_tf
+from ebsd_keras.models.contrast import fixed_contrast
 from ebsd_keras.models.decoders import BaseDecoder, register_decoder
 from ebsd_keras.simulations.geometry import DetectorGeometry
 from ebsd_keras.simulations.projection import gnomonic_directions, quaternion_to_matrix
@@ -52,13 +52,6 @@ _PROB_EPS = 1e-4  # as ebsd_keras.models.physics.PROB_EPS: finite logits (|l| <=
 
 def _probability_logits(p):
     return ops.log(p + _PROB_EPS) - ops.log(1.0 - p + _PROB_EPS)
-
-
-def _minmax(raw, axis):
-    lo = ops.min(raw, axis=axis, keepdims=True)
-    hi = ops.max(raw, axis=axis, keepdims=True)
-    span = hi - lo
-    return (raw - lo) / ops.where(span > 0, span, ops.ones_like(span))
 
 
 def _rotate(directions, rot):
@@ -180,18 +173,7 @@ class FieldDecoder(BaseDecoder):
 
     def contrast_probabilities(self, raw, differentiable: bool = True):
         """Probabilities (B, H, W, 1) from raw intensities (B, H, W): min-max rescale, then CLAHE if configured."""
-        cfg = self.model_config
-        unit = _minmax(raw, axis=(1, 2))
-        if self.contrast == "rescale":
-            return unit[..., None]
-        out = clahe_tf(
-            unit * 255.0,
-            cfg.physics_clahe_clip_limit,
-            cfg.physics_clahe_tiles,
-            differentiable=differentiable,
-            gradient=cfg.physics_clahe_gradient,
-        )
-        return out[..., None] / 255.0
+        return fixed_contrast(raw, self.contrast, self.model_config.physics.clahe, differentiable)
 
     def call(self, inputs, training=None, differentiable=True):
         """Logits (B, H, W, 1) of whole patterns.

@@ -50,7 +50,7 @@ import numpy as np
 from keras import layers, ops
 
 from ebsd_keras.models.blocks import LeakyReLU, canonical_quaternion
-from ebsd_keras.models.clahe import clahe_tf
+from ebsd_keras.models.contrast import fixed_contrast, minmax_unit
 from ebsd_keras.models.decoders import BaseDecoder, register_decoder
 from ebsd_keras.models.presets import PHYSICS_BAND_RENDERS, PHYSICS_SYMMETRIES, _physics_sector_side
 from ebsd_keras.simulations.geometry import DetectorGeometry
@@ -585,14 +585,6 @@ def _probability_logits(p):
     return ops.log(p + PROB_EPS) - ops.log(1.0 - p + PROB_EPS)
 
 
-def minmax_unit(raw):
-    """Per-pattern linear rescale of (B, H, W) to [0, 1] (a constant pattern becomes 0), as the dataset does."""
-    lo = ops.min(raw, axis=(1, 2), keepdims=True)
-    hi = ops.max(raw, axis=(1, 2), keepdims=True)
-    span = hi - lo
-    return (raw - lo) / ops.where(span > 0, span, ops.ones_like(span))
-
-
 @_register
 class PhysicsDecoder(BaseDecoder):
     """Learned master pattern -> differentiable projection -> contrast (CLAHE / learned) -> + latent residual.
@@ -721,18 +713,7 @@ class PhysicsDecoder(BaseDecoder):
 
         With ``differentiable=False`` the CLAHE path computes only the exact forward value (faster; no gradient).
         """
-        cfg = self.model_config
-        unit = minmax_unit(raw)
-        if self.contrast == "rescale":
-            return unit[..., None]
-        out = clahe_tf(
-            unit * 255.0,
-            cfg.physics_clahe_clip_limit,
-            cfg.physics_clahe_tiles,
-            differentiable=differentiable,
-            gradient=cfg.physics_clahe_gradient,
-        )
-        return out[..., None] / 255.0
+        return fixed_contrast(raw, self.contrast, self.model_config.physics.clahe, differentiable)
 
     def call(self, inputs, training=None, differentiable=None):
         """Logits (B, H, W, 1).
