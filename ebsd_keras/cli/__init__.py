@@ -26,7 +26,9 @@ from ebsd_keras import __version__
 from ebsd_keras.errors import EBSDInputError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("demo", "dataset", "convert", "inspect", "train", "evaluate", "tune", "generate", "export", "refine")
+SUBCOMMANDS = (
+    "demo", "dataset", "convert", "inspect", "train", "evaluate", "tune", "generate", "export", "refine", "index"
+)  # fmt: skip
 
 EPILOG = """\
 conventions: Euler angles are Bunge (phi1, Phi, phi2), passive (sample -> crystal), in radians unless --degrees is

@@ -26,6 +26,13 @@ __all__ = [
     "read_start",
     "write_refined",
     "model_at_patterns_detector",
+    "IndexRequest",
+    "IndexOutcome",
+    "index_map",
+    "model_dictionary_index",
+    "match_contrast",
+    "crystal_map",
+    "write_crystal_map",
 ]
 
 
@@ -278,3 +285,229 @@ def write_refined(path: Path, result, q_start, rows, settings: dict, overwrite: 
         if result.pc is not None:
             r.create_dataset("pc", data=result.pc)
         f.create_group("ebsd_keras").attrs["metadata"] = json.dumps(settings, default=str)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Indexing an experimental map through a model: ``ebsd-keras index``
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    """What ``ebsd-keras index`` asks for (see its ``--help``).
+
+    Attributes
+    ----------
+    patterns
+        An experimental map kikuchipy reads (:func:`~ebsd_keras.io.experimental.read_experimental`).
+    output
+        orix ``CrystalMap`` HDF5 file (``.h5``); ``ang`` the ``.ang`` file beside it (default: the same name).
+    model
+        A model file or folder; None: the shipped model of the map's voltage.
+    kv
+        Accelerating voltage, kV (None: the file's beam energy, else 20).
+    experimental
+        :class:`~ebsd_keras.io.experimental.ExperimentalSettings` (background removal, averaging, detector overrides).
+    contrast
+        The dictionary's contrast: "model" (its own: CLAHE for the shipped models, then applied to the experimental
+        patterns too, with the same tiles), "clahe" or "raw" (min-max rescaled projections against the
+        background-corrected patterns).
+    resolution_deg
+        Dictionary grid spacing, degrees (cubochoric, m-3m fundamental zone).
+    refine, refine_pc, method, iterations, batch_size
+        Gradient refinement after dictionary indexing (:class:`~ebsd_keras.indexing.refinement.GradientSettings`).
+    """
+
+    patterns: Path
+    output: Path
+    ang: Path | None = None
+    model: Path | None = None
+    kv: float | None = None
+    experimental: object = None
+    contrast: Literal["model", "clahe", "raw"] = "model"
+    resolution_deg: float = 3.0
+    refine: bool = True
+    refine_pc: bool = False
+    method: Literal["gauss-newton-fd", "gauss-newton", "adam"] = "gauss-newton-fd"
+    iterations: int | None = None
+    batch_size: int = 256
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class IndexOutcome:
+    """What :func:`index_map` found: ``quaternion`` (N, 4) refined (or DI) orientations, ``score`` (N,) their NCC,
+    ``di_quaternion`` / ``di_score`` the dictionary's, ``pc`` (N, 3) or None, ``xmap`` the orix CrystalMap,
+    ``timing`` (seconds per stage), ``record`` (the provenance written), ``map`` (the ExperimentalMap)."""
+
+    quaternion: np.ndarray
+    score: np.ndarray
+    di_quaternion: np.ndarray
+    di_score: np.ndarray
+    pc: np.ndarray | None
+    xmap: object
+    timing: dict
+    record: dict
+    map: object
+
+
+def match_contrast(patterns, model_config) -> np.ndarray:
+    """Experimental patterns (N, H, W) in [0, 1] put through the model's output contrast: 8-bit CLAHE with the
+    model's clip limit and tiles for a "clahe" model (the dataset's preprocessing), else unchanged."""
+    from ebsd_keras.data.preprocess import CLAHEConfig, clahe, rescale_to_uint8
+
+    cfg = model_config
+    if cfg.decoder in ("physics", "field") and cfg.physics_contrast == "clahe":
+        grey = rescale_to_uint8(np.asarray(patterns, np.float32), lo=0.0, hi=1.0)
+        config = CLAHEConfig(float(cfg.physics_clahe_clip_limit), tuple(int(t) for t in cfg.physics_clahe_tiles))
+        return clahe(grey, config).astype(np.float32) / 255.0
+    return np.asarray(patterns, np.float32)
+
+
+def model_dictionary_index(generator, patterns, q_dictionary, batch_size: int = 256, progress: bool = False):
+    """Dictionary indexing against patterns generated on the fly: best NCC match of each pattern over
+    ``q_dictionary`` (M, 4), streamed in batches (the dictionary is never held whole).
+
+    Returns
+    -------
+    quaternions (N, 4), scores (N,)
+    """
+    from keras import ops
+    from tqdm.auto import tqdm
+
+    from ebsd_keras.indexing.dictionary import normalized_rows
+
+    exp = normalized_rows(patterns)  # (N, P)
+    best = np.full(len(exp), -np.inf, dtype=np.float32)
+    best_idx = np.zeros(len(exp), dtype=np.int64)
+    h, w = generator.image_shape
+    step = max(1, min(int(batch_size), 2_000_000 // (h * w)))
+    with tqdm(total=len(q_dictionary), unit="pattern", desc="dictionary", disable=not progress, leave=False) as bar:
+        for start in range(0, len(q_dictionary), step):
+            q = np.asarray(q_dictionary[start : start + step], np.float32)
+            dic = normalized_rows(np.asarray(ops.convert_to_numpy(generator(q))))
+            sim = exp @ dic.T
+            j = np.argmax(sim, axis=1)
+            s = sim[np.arange(len(exp)), j]
+            better = s > best
+            best[better] = s[better]
+            best_idx[better] = start + j[better]
+            bar.update(len(q))
+    return np.asarray(q_dictionary, np.float64)[best_idx], best.astype(np.float64)
+
+
+def index_map(req: IndexRequest) -> IndexOutcome:
+    """Index an experimental map through a model: read and preprocess it (kikuchipy), re-aim the model at its
+    detector, dictionary-index against model-made patterns, refine by gradients (optionally the pattern centre),
+    and write an orix CrystalMap HDF5 file and an ``.ang`` file, atomically.
+
+    Raises
+    ------
+    EBSDInputError
+        Unreadable patterns, a model that cannot project onto the map's detector, bad settings.
+    """
+    from ebsd_keras.checks import check_voltage_kv
+    from ebsd_keras.indexing.dictionary import dictionary_orientations
+    from ebsd_keras.indexing.generator import model_refinement_generator
+    from ebsd_keras.indexing.refinement import GradientSettings, refine_gradient
+    from ebsd_keras.io.experimental import ExperimentalSettings, read_experimental
+    from ebsd_keras.serving.detector import DetectorSettings, for_detector
+    from ebsd_keras.serving.models import default_model_path, load_generator
+
+    timing = {}
+    t0 = time.perf_counter()
+    emap = read_experimental(req.patterns, req.experimental or ExperimentalSettings(), progress=False)
+    timing["read_and_preprocess_s"] = time.perf_counter() - t0
+    kv = float(req.kv) if req.kv is not None else float(emap.voltage_kv or 20.0)
+    check_voltage_kv(kv, req.patterns if req.kv is None else None, "--kv")
+    model_arg = req.model if req.model is not None else default_model_path(kv)
+    model, info = load_generator(model_arg)
+    model = for_detector(model, DetectorSettings(source=emap.detector, contrast=req.contrast), path=info.get("path"))
+    cfg = model.model_config
+    targets = match_contrast(emap.patterns, cfg)
+    generator = model_refinement_generator(model, voltage_kv=kv if cfg.use_voltage else None, clahe_gradient="lut")
+    t0 = time.perf_counter()
+    q_dict = dictionary_orientations(req.resolution_deg)
+    q_di, s_di = model_dictionary_index(generator, targets, q_dict, req.batch_size, req.progress)
+    timing["dictionary_indexing_s"] = time.perf_counter() - t0
+    q, score, pc = q_di, s_di, None
+    refinement = None
+    if req.refine:
+        settings = GradientSettings(
+            refine_pc=req.refine_pc,
+            method=req.method,
+            max_iterations=req.iterations,
+            trust_region_deg=max(2.0, float(req.resolution_deg)),
+        )
+        result = refine_gradient(generator, targets, q_di, settings, progress=req.progress)
+        q, score, pc = result.quaternion, result.score, result.pc if req.refine_pc else None
+        timing["refinement_s"] = result.seconds
+        refinement = result.settings
+    record = {
+        "patterns": Path(req.patterns).name,
+        "experimental": emap.provenance,
+        "model": info["identity"],
+        "detector": emap.detector.to_dict(),
+        "contrast": req.contrast,
+        "voltage_kv": kv,
+        "dictionary": {"resolution_deg": float(req.resolution_deg), "size": int(len(q_dict)), "metric": "ncc"},
+        "refinement": refinement,
+        "timing_s": timing,
+    }
+    xmap = crystal_map(q, emap, {"scores": score, "di_scores": s_di}, info.get("card") or {}, pc)
+    write_crystal_map(req.output, req.ang or Path(req.output).with_suffix(".ang"), xmap, record, req.overwrite)
+    return IndexOutcome(q, score, q_di, s_di, pc, xmap, timing, record, emap)
+
+
+def crystal_map(quaternion, emap, props: dict, card: dict, pc=None):
+    """An orix ``CrystalMap`` of the map's grid: orientations (passive, EMsoft convention, as orix's), one cubic
+    m-3m phase named from the model card's material, ``props`` per pattern (and ``pc_x/y/z`` when refined)."""
+    from orix.crystal_map import CrystalMap, Phase, PhaseList
+    from orix.quaternion import Rotation
+
+    rows, cols = emap.map_shape
+    dy, dx = emap.step
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    material = str(card.get("material", "ni")).split()[0].lower() or "ni"
+    phase = Phase(name=material, space_group=225) if "fm-3m" in str(card.get("material", "Fm-3m")).lower() else None
+    if phase is None:
+        phase = Phase(name=material, point_group="m-3m")
+    prop = {k: np.asarray(v, np.float64).ravel() for k, v in props.items()}
+    if pc is not None:
+        for i, axis in enumerate("xyz"):
+            prop[f"pc_{axis}"] = np.asarray(pc, np.float64)[:, i]
+    return CrystalMap(
+        rotations=Rotation(np.asarray(quaternion, np.float64)),
+        phase_id=np.zeros(rows * cols, dtype=int),
+        x=(xx.ravel() * dx).astype(np.float64),
+        y=(yy.ravel() * dy).astype(np.float64),
+        phase_list=PhaseList(phase),
+        prop=prop,
+        scan_unit=emap.step_unit,
+    )
+
+
+def write_crystal_map(h5_path: Path, ang_path: Path, xmap, record: dict, overwrite: bool) -> None:
+    """The map as orix HDF5 (with ``record`` as JSON under ``ebsd_keras/metadata``) and as ``.ang``, both or
+    neither (each through a temporary file renamed when both are complete)."""
+    import json
+    import os
+
+    import h5py
+    from orix import io as orix_io
+
+    from ebsd_keras._atomic import atomic_path
+
+    h5_path, ang_path = Path(h5_path), Path(ang_path)
+    with atomic_path(h5_path, overwrite=overwrite) as tmp_h5, atomic_path(ang_path, overwrite=overwrite) as tmp_ang:
+        for tmp, suffix in ((tmp_h5, ".h5"), (tmp_ang, ".ang")):
+            named = tmp.with_name(tmp.name + suffix)  # orix picks its writer by the suffix
+            try:
+                orix_io.save(str(named), xmap, overwrite=True)
+                os.replace(named, tmp)
+            finally:
+                if named.exists():
+                    named.unlink()
+        with h5py.File(tmp_h5, "a") as f:
+            f.create_group("ebsd_keras").attrs["metadata"] = json.dumps(record, default=str)

@@ -264,6 +264,17 @@ def cases() -> list[Case]:
         c += _output_cases("refine", lambda o: (*RF, "{R}/train.h5", "--model", "{R}/model.keras", "-o", o,
                                                 *REFINE_FAST), ext, "file")  # fmt: skip
 
+    # ----------------------------------------------------------------------------------------------- index
+    IX = ("index",)
+    for key in ("h5_missing", "h5_dir", "h5_empty", "h5_text"):
+        path = BAD_H5[key][0]
+        c.append(Case(f"index-{key}", (*IX, path, "-o", "{W}/x.h5", "--quiet"),
+                      r"(no such|is a directory|kikuchipy cannot read)"))  # fmt: skip
+    for key, (path, msg) in BAD_MODELS.items():
+        c.append(Case(f"index-{key}", (*IX, "{R}/train.h5", "--model", path, "-o", "{W}/x.h5", "--quiet"), msg))
+    c.append(Case("index-out-not-h5", (*IX, "{R}/train.h5", "-o", "{W}/x.txt", "--quiet"), r"\.h5"))
+    c += _output_cases("index", lambda o: (*IX, "{R}/train.h5", "-o", o, "--quiet"), ".h5", "file")
+
     # ----------------------------------------------------------------------------------------------- evaluate
     EV = ("evaluate",)
     for key, (path, msg) in BAD_MODELS.items():
