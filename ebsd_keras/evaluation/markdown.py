@@ -93,31 +93,14 @@ def _report_markdown_body(results: dict) -> str:
     )
     row("NCC with the true pattern", _pm(gp.get("ncc"), 4), _pm(fl["ncc"], 4), "", "")
     row("DI error", _angles(gi.get("di_error_deg")), _angles(fi["di_error_deg"]), "0.650° ± 0.257°", "")
-    if "refined_error_deg" in fi:
-        row(
-            "refined DI error",
-            _angles(gi.get("refined_error_deg")),
-            _angles(fi["refined_error_deg"]),
-            "0.142° ± 0.061°",
-            "mean ≤ 0.10°",
-        )
-    if "kikuchipy_refined_error_deg" in fi:
-        n_kp = fi["kikuchipy_refined_error_deg"]["n"]
-        row(
-            f"kikuchipy-refined error ({n_kp} patterns)",
-            _angles(gi.get("kikuchipy_refined_error_deg")),
-            _angles(fi["kikuchipy_refined_error_deg"]),
-            "",
-            "",
-        )
-    if "bobyqa_vs_kikuchipy_deg" in fi:
-        row(
-            "BOBYQA vs kikuchipy refinement",
-            _angles(gi.get("bobyqa_vs_kikuchipy_deg")),
-            _angles(fi["bobyqa_vs_kikuchipy_deg"]),
-            "",
-            "",
-        )
+    kp_n = (fi.get("kikuchipy_refined_error_deg") or {}).get("n")
+    for key, label, paper, target in (
+        ("refined_error_deg", "refined DI error", "0.142° ± 0.061°", "mean ≤ 0.10°"),
+        ("kikuchipy_refined_error_deg", f"kikuchipy-refined error ({kp_n} patterns)", "", ""),
+        ("bobyqa_vs_kikuchipy_deg", "BOBYQA vs kikuchipy refinement", "", ""),
+    ):
+        if key in fi:
+            row(label, _angles(gi.get(key)), _angles(fi[key]), paper, target)
     lines.append("")
     if results.get("target_check"):
         lines += ["## Targets for a compact model", "", "| target | value | pass |", "|---|---|---|"]

@@ -309,3 +309,12 @@ def test_a_users_emsoft_file_gets_the_shipped_model_and_the_embedded_master_patt
     assert "\n" not in line and "ni20-physics" in line and "embedded EMsoft Ni 20 kV" in line and "CLAHE" in line
     other = assume_defaults(user_file("al.h5", 225, 0.405), model="given.keras", preprocessing="none")
     assert other == {"model": "given.keras", "master_pattern": None, "preprocessing": "none", "assumed": None}
+
+
+def test_kikuchipy_cross_check_rows_appear_only_when_measured(true_report):
+    doc = json.loads((true_report[1] / "report.json").read_text())
+    assert "kikuchipy-refined" not in report_markdown(doc)
+    stats = {**doc["indexing"]["true"]["refined_error_deg"], "n": 7}
+    true = {**doc["indexing"]["true"], "kikuchipy_refined_error_deg": stats, "bobyqa_vs_kikuchipy_deg": stats}
+    md = report_markdown({**doc, "indexing": {**doc["indexing"], "true": true}})
+    assert "| kikuchipy-refined error (7 patterns) |" in md and "| BOBYQA vs kikuchipy refinement |" in md
