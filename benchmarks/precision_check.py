@@ -36,7 +36,7 @@ def gradient(preset: str, policy: str, phase: str, batch: dict, weights=None):
     m = _compiled_model(preset, phase, False, policy, 1, 0)
     if weights is not None:
         m.set_weights(weights)
-    x, attrs = m._split_batch(batch)
+    x, attrs = m.split_batch(batch)
     opt = m.critic_optimizer if phase == "critic" else m.encoder_decoder_optimizer
     with tf.GradientTape() as tape:
         if phase == "cvae":

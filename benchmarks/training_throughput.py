@@ -63,13 +63,13 @@ def _compiled_model(preset: str, phase: str, jit, policy: str, n_critic: int, se
 
     cfg = TrainConfig(data_dir="-", output_dir="-", phase=phase, preset=preset, n_critic=n_critic, jit_compile=jit,
                       mixed_precision=False if policy == "float32" else policy, seed=seed).resolved()  # fmt: skip
-    from ebsd_keras.training.phases import _compile
+    from ebsd_keras.training.phases import compile_model
 
     keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = CVAEGAN(config=preset, seed=seed)
-        _compile(model, cfg)
+        compile_model(model, cfg)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return model

@@ -142,9 +142,9 @@ def test_shape_mismatch_is_refused_before_any_model_is_built(data30, tmp_path, c
 
 def test_critic_without_init_from_warns(caplog):
     from ebsd_keras.training import TrainConfig
-    from ebsd_keras.training.phases import _build_model
+    from ebsd_keras.training.phases import build_model
 
     cfg = TrainConfig(data_dir="d", output_dir="o", phase="critic", preset="tiny", seed=0).resolved()
     with caplog.at_level(logging.WARNING):
-        _build_model(cfg)  # trains from scratch, after a warning
+        build_model(cfg)  # trains from scratch, after a warning
     assert any("without init_from" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)

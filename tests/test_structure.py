@@ -38,3 +38,20 @@ def test_upper_floors_take_no_private_names_from_other_modules():
     upper = ("ebsd_keras.evaluation", "ebsd_keras.indexing", "ebsd_keras.serving", "ebsd_keras.simulations")
     rows = [r for r in _figures()["private_names_across_modules"] if r.startswith(upper)]
     assert rows == []
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """Names starting with one underscore are a module's own: another module that needs one gets a public API."""
+    import ast
+
+    offenders = []
+    package = ROOT / "ebsd_keras"
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ebsd_keras"):
+                offenders += [
+                    f"{path.relative_to(ROOT)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert offenders == []

@@ -200,13 +200,13 @@ def _check_data_fits(config) -> None:
     that keep patterns, a batch no larger than the training split, a preset whose pattern size is the data's."""
     from ebsd_keras.data.pipeline import dataset_size
     from ebsd_keras.io.tfrecord import read_metadata
-    from ebsd_keras.training.phases import _check_shape, _steps_per_epoch
+    from ebsd_keras.training.phases import check_data_shape, steps_per_epoch_of
 
     meta = read_metadata(config.data_dir)
     cfg = config.resolved()
     image_shape = _model_image_shape(cfg)
     if image_shape is not None:
-        _check_shape(cfg, meta, image_shape)
+        check_data_shape(cfg, meta, image_shape)
     n = dataset_size(config.data_dir, "train", voltages=config.voltages, exclude_voltages=config.exclude_voltages)
     if n == 0:
         raise EBSDInputError(
@@ -214,7 +214,7 @@ def _check_data_fits(config) -> None:
             config.data_dir,
             "--kv/--exclude-kv",
         )
-    _steps_per_epoch(config, dataset_size)  # batch larger than the split
+    steps_per_epoch_of(config, dataset_size)  # batch larger than the split
 
 
 def _model_image_shape(cfg):

@@ -361,7 +361,7 @@ class CVAEGAN(keras.Model):
         """``keras.Model.evaluate``; dict datasets are reduced to :attr:`input_keys` first."""
         return super().evaluate(self._model_inputs(x), *args, **kwargs)
 
-    def _split_batch(self, data):
+    def split_batch(self, data):
         """(pattern (B, H, W, 1) float32, attribute dict) from a batch dict (or an (x, ...) tuple of one)."""
         if isinstance(data, (tuple, list)):
             data = data[0]
@@ -385,12 +385,12 @@ class CVAEGAN(keras.Model):
 
     def encode(self, inputs, training=False):
         """(mu, logvar) of a batch dict."""
-        x, attrs = self._split_batch(inputs)
+        x, attrs = self.split_batch(inputs)
         return self.encoder(self._encoder_inputs(x, attrs), training=training)
 
     def call(self, inputs, training=False):
         """Deterministic reconstruction (z = mu) in [0, 1] of a batch dict with pattern and attributes."""
-        x, attrs = self._split_batch(inputs)
+        x, attrs = self.split_batch(inputs)
         mu, _ = self.encoder(self._encoder_inputs(x, attrs), training=training)
         return ops.sigmoid(self.decoder({"z": mu, **attrs}, training=training))
 
@@ -647,7 +647,7 @@ class CVAEGAN(keras.Model):
     def train_step(self, data):
         if self.encoder_decoder_optimizer is None:
             raise RuntimeError("compile() the CVAEGAN before fit()")
-        x, attrs = self._split_batch(data)
+        x, attrs = self.split_batch(data)
         if self.phase == "cvae":
             self._track(self._cvae_update(x, attrs))
         elif self.phase == "critic":
@@ -674,7 +674,7 @@ class CVAEGAN(keras.Model):
             self._validating = False
 
     def _test_step(self, data):
-        x, attrs = self._split_batch(data)
+        x, attrs = self.split_batch(data)
         if self.phase == "cvae":
             terms = self._cvae_terms(x, attrs, training=False, sample=False)  # z = mu: no sampling noise
             terms["loss"] = terms["kl_weighted"] + terms["bce_weighted"]

@@ -52,7 +52,7 @@ from keras import layers, ops
 from ebsd_keras.models.blocks import LeakyReLU, canonical_quaternion
 from ebsd_keras.models.contrast import fixed_contrast, minmax_unit
 from ebsd_keras.models.decoders import BaseDecoder, register_decoder
-from ebsd_keras.models.presets import PHYSICS_BAND_RENDERS, PHYSICS_SYMMETRIES, _physics_sector_side
+from ebsd_keras.models.presets import PHYSICS_BAND_RENDERS, PHYSICS_SYMMETRIES, physics_sector_side
 from ebsd_keras.simulations.geometry import DetectorGeometry
 from ebsd_keras.simulations.physics import cubic_plane_normals, electron_wavelength_angstrom
 from ebsd_keras.simulations.projection import (
@@ -96,7 +96,7 @@ def sector_side(npx: int, symmetry: str) -> int:
     Computed from the grid (every folded direction's Lambert pixel plus one bilinear neighbour fits), and equal to
     the closed form used by :func:`ebsd_keras.models.presets.count_parameters`.
     """
-    return _physics_sector_side(int(npx), symmetry)
+    return physics_sector_side(int(npx), symmetry)
 
 
 def voltage_weights(voltage_kv, knots_kv):

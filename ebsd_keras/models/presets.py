@@ -673,7 +673,7 @@ def count_parameters(config: ModelConfig | str) -> dict[str, int]:
     return {"encoder": enc, "decoder": dec, "critic": crit, "total": enc + dec + crit}
 
 
-def _physics_sector_side(npx: int, symmetry: str) -> int:
+def physics_sector_side(npx: int, symmetry: str) -> int:
     """Rows (= columns) of the master-pattern variable of a folded symmetry (mirrors ``physics.sector_side``).
 
     The fundamental sector starts at the Lambert pole (pixel npx, npx); for m-3m its farthest pixel is [111], at
@@ -696,7 +696,7 @@ def _physics_decoder_parameters(cfg: ModelConfig) -> int:
     if cfg.physics_symmetry == "none":
         total = 2 * (2 * npx + 1) ** 2 * channels
     else:
-        total = _physics_sector_side(npx, cfg.physics_symmetry) ** 2 * channels
+        total = physics_sector_side(npx, cfg.physics_symmetry) ** 2 * channels
     if bands:
         total += (
             n_fam * int(cfg.physics_band_profile[0])

@@ -66,7 +66,7 @@ def atomic_keras_save(save, target, suffix: str) -> None:
         save(tmp)
 
 
-def _atomic_json(target, data) -> None:
+def write_json(target, data) -> None:
     fs.write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -189,7 +189,7 @@ class EpochBackup(keras.callbacks.Callback):
             "best": None if self.best is None else self.best.get_state(),
             "logs": {k: float(v) for k, v in logs.items()},
         }
-        _atomic_json(fs.join(self.backup_dir, STATE_FILE), state)
+        write_json(fs.join(self.backup_dir, STATE_FILE), state)
         for old in fs.glob(fs.join(self.backup_dir, "ckpt-*.weights.h5")):
             if not old.endswith("/" + name) and os.path.basename(old) != name:
                 fs.remove(old)

@@ -59,7 +59,16 @@ from ebsd_keras.training.callbacks import (
 from ebsd_keras.training.config import BEST_METRIC, RESUME_MUTABLE, TrainConfig
 from ebsd_keras.training.distribute import check_shards, make_strategy, worker_output_dir, worker_role
 
-__all__ = ["train", "OUTPUT_FILES"]
+__all__ = [
+    "train",
+    "OUTPUT_FILES",
+    "build_model",
+    "compile_model",
+    "train_dataset",
+    "val_dataset",
+    "check_data_shape",
+    "steps_per_epoch_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +160,8 @@ def train(config: TrainConfig, verbose="auto", callbacks=None, strategy=None) ->
         keras.mixed_precision.set_global_policy(cfg.mixed_precision_policy)
     try:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            model = _build_model(cfg)
-            _compile(model, cfg)
+            model = build_model(cfg)
+            compile_model(model, cfg)
             if state is not None:
                 restore_backup(model, backup_dir, state)
         if strategy is not None:
@@ -161,10 +170,10 @@ def train(config: TrainConfig, verbose="auto", callbacks=None, strategy=None) ->
             _vector_logs(model)
 
         image_shape = tuple(model.model_config.image_shape)
-        _check_shape(cfg, meta, image_shape)
-        steps = _steps_per_epoch(cfg, dataset_size)
-        train_ds = _train_dataset(cfg, image_shape, skip_batches=initial_epoch * steps)
-        val_ds = _val_dataset(cfg, meta, image_shape, dataset_size)
+        check_data_shape(cfg, meta, image_shape)
+        steps = steps_per_epoch_of(cfg, dataset_size)
+        train_ds = train_dataset(cfg, image_shape, skip_batches=initial_epoch * steps)
+        val_ds = val_dataset(cfg, meta, image_shape, dataset_size)
         if len(meta["voltages_kv"]) > 1 and not model.model_config.use_voltage and cfg.voltages is None:
             logger.warning(
                 "the dataset has several voltages (%s kV) but the model does not take the voltage as an attribute "
@@ -220,9 +229,9 @@ def train(config: TrainConfig, verbose="auto", callbacks=None, strategy=None) ->
         "workers": role.num_workers,
         "chief": role.is_chief,
     }
-    from ebsd_keras.training.callbacks import _atomic_json
+    from ebsd_keras.training.callbacks import write_json
 
-    _atomic_json(fs.join(out, "summary.json"), summary)
+    write_json(fs.join(out, "summary.json"), summary)
     if status == "finished":
         EpochBackup.remove(backup_dir)
         if not role.is_chief:
@@ -399,7 +408,7 @@ def _with_data_geometry(config: TrainConfig, meta: dict) -> TrainConfig:
     return config.replace(model={**missing, **config.model}) if missing else config
 
 
-def _build_model(cfg: TrainConfig):
+def build_model(cfg: TrainConfig):
     """A new CVAEGAN from the preset, or the networks of ``init_from`` in a fresh CVAEGAN (fresh noise seed)."""
     import keras
 
@@ -491,7 +500,7 @@ def initial_loss_scale(loss_weights: dict, bce_scale: float = 1.0) -> float:
     return float(2.0 ** max(0, int(np.floor(np.log2(2.0**10 / largest)))))
 
 
-def _compile(model, cfg: TrainConfig) -> None:
+def compile_model(model, cfg: TrainConfig) -> None:
     from ebsd_keras.losses import KLSchedule, LossWeights
 
     bce_scale = float(model.pixels_per_pattern) if cfg.bce_reduction == "sum" else 1.0
@@ -517,7 +526,7 @@ def _select(d: dict) -> dict:
     return {k: d[k] for k in _BATCH_KEYS}
 
 
-def _check_shape(cfg: TrainConfig, meta: dict, image_shape) -> None:
+def check_data_shape(cfg: TrainConfig, meta: dict, image_shape) -> None:
     """The model's pattern size must be the dataset's (a loaded model cannot be resized)."""
     data_shape = tuple(int(s) for s in meta["pattern_shape"])
     if data_shape != tuple(image_shape):
@@ -530,7 +539,7 @@ def _check_shape(cfg: TrainConfig, meta: dict, image_shape) -> None:
         )
 
 
-def _steps_per_epoch(cfg: TrainConfig, dataset_size) -> int:
+def steps_per_epoch_of(cfg: TrainConfig, dataset_size) -> int:
     if cfg.steps_per_epoch is not None:
         return int(cfg.steps_per_epoch)
     n = dataset_size(cfg.data_dir, "train", voltages=cfg.voltages, exclude_voltages=cfg.exclude_voltages)
@@ -543,7 +552,7 @@ def _steps_per_epoch(cfg: TrainConfig, dataset_size) -> int:
     return n // cfg.batch_size
 
 
-def _train_dataset(cfg: TrainConfig, image_shape, skip_batches: int):
+def train_dataset(cfg: TrainConfig, image_shape, skip_batches: int):
     """Endless, seeded, deterministic batches; ``skip_batches`` drops those an interrupted run already used."""
     from ebsd_keras.data.pipeline import make_dataset
 
@@ -572,7 +581,7 @@ def _has_val(cfg: TrainConfig, meta: dict, dataset_size) -> bool:
     return dataset_size(cfg.data_dir, "val", voltages=cfg.voltages, exclude_voltages=cfg.exclude_voltages) > 0
 
 
-def _val_dataset(cfg: TrainConfig, meta: dict, image_shape, dataset_size):
+def val_dataset(cfg: TrainConfig, meta: dict, image_shape, dataset_size):
     """The same validation batches every epoch (unshuffled, finite), or None without a "val" split."""
     import tensorflow as tf
 

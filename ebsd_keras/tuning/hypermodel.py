@@ -148,7 +148,7 @@ class FidelityCallback(keras.callbacks.Callback):
         from ebsd_keras.losses import bce_from_logits, optimal_bce, orientation_error_deg
 
         def step(batch):
-            x, attrs = model._split_batch(batch)
+            x, attrs = model.split_batch(batch)
             z = tf.zeros((tf.shape(x)[0], model.model_config.latent_dim))
             logits = model.decoder({"z": z, **attrs}, training=False)
             gap = bce_from_logits(x, logits) - optimal_bce(x)
@@ -232,36 +232,36 @@ class CVAEGANHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         from ebsd_keras.models.cvaegan import CVAEGAN
-        from ebsd_keras.training.phases import _build_model, _compile
+        from ebsd_keras.training.phases import build_model, compile_model
 
         values = self.declare(hp)
         cfg = self.configs(values)["cvae"].resolved()
         keras.utils.set_random_seed(cfg.seed)  # the same initial weights for the same values
-        model = _build_model(cfg)
+        model = build_model(cfg)
         assert isinstance(model, CVAEGAN)
-        _compile(model, cfg)
+        compile_model(model, cfg)
         return model
 
     # ------------------------------------------------------------------------------------------------------------
     def _datasets(self, cfg):
         from ebsd_keras.data.pipeline import dataset_size
         from ebsd_keras.io.tfrecord import read_metadata
-        from ebsd_keras.training.phases import _train_dataset, _val_dataset
+        from ebsd_keras.training.phases import train_dataset, val_dataset
 
         meta = read_metadata(cfg.data_dir)
         shape = tuple(int(s) for s in meta["pattern_shape"])
-        val = _val_dataset(cfg, meta, shape, dataset_size)
+        val = val_dataset(cfg, meta, shape, dataset_size)
         if val is None:
             from ebsd_keras.errors import EBSDInputError
 
             raise EBSDInputError("the search needs a non-empty 'val' split for its objective", cfg.data_dir, "val")
-        return _train_dataset(cfg, shape, skip_batches=0), val
+        return train_dataset(cfg, shape, skip_batches=0), val
 
     def _phase(self, model, cfg, callbacks=(), initial_epoch=0, validation=None):
-        from ebsd_keras.training.phases import _compile
+        from ebsd_keras.training.phases import compile_model
 
         cfg = cfg.resolved()
-        _compile(model, cfg)
+        compile_model(model, cfg)
         # Eager steps skip tf.function tracing (tens of seconds per phase on a CPU): faster for a handful of steps.
         model.run_eagerly = bool(self.space.trial["run_eagerly"])
         train_ds, val_ds = self._datasets(cfg)

@@ -384,7 +384,7 @@ def test_generator_side_attribute_losses_reach_the_decoder():
     keras.utils.set_random_seed(SEED)
     model = CVAEGAN(config=MICRO)
     model.compile(phase="gan", loss_weights=LossWeights.only("orientation").replace(voltage=1.0))
-    x, attrs = model._split_batch(make_batch())
+    x, attrs = model.split_batch(make_batch())
     for term in ("generator_orientation_weighted", "generator_voltage_weighted"):
         with tf.GradientTape() as tape:
             value = model._generator_terms(x, attrs, training=True)[term]
@@ -415,7 +415,7 @@ def test_gradient_penalty_constrains_the_critic_gradient_norm():
     head = model.critic.heads["score"]["out"]
     head.kernel.assign(head.kernel * 30.0)  # a steep critic: gradient norm far from 1
     b = make_batch()
-    x, attrs = model._split_batch(b)
+    x, attrs = model.split_batch(b)
     fake = ops.convert_to_numpy(model._prior_samples(attrs, training=False))
     eps = np.random.default_rng(0).uniform(size=BATCH).astype("float32")
     before = _critic_input_gradient_norm(model, b["pattern"], fake, eps)
@@ -562,7 +562,7 @@ def test_pattern_centre_reaches_the_physics_decoder_and_a_cnn_model_refuses_it(s
     assert not shared_model.takes_pattern_centre
     with pytest.raises(ValueError, match="pattern centre"):
         shared_model.generate({"quaternion": b["quaternion"], "voltage_kv": b["voltage_kv"], "pc": other_pc})
-    _, cnn_attrs = shared_model._split_batch({**b, "pc": other_pc})
+    _, cnn_attrs = shared_model.split_batch({**b, "pc": other_pc})
     assert "pc" not in cnn_attrs  # fixed-detector decoders never see it
     physics = CVAEGAN(config=get_preset("physics", physics_npx=16, physics_residual=(0, 0)), seed=0)
     assert physics.takes_pattern_centre

@@ -6,7 +6,7 @@ import json
 import tensorflow as tf
 
 from ebsd_keras.training import fs, train
-from ebsd_keras.training.phases import OUTPUT_FILES, _build_model
+from ebsd_keras.training.phases import OUTPUT_FILES, build_model
 
 from .conftest import train_config
 
@@ -23,7 +23,7 @@ def test_training_writes_every_output_through_gfile(tiny_data):
     assert len(rows) == 3  # header + 2 epochs
     assert tf.io.gfile.glob(f"{out}/logs/train/events.out.tfevents.*")
     # A later phase starts from the remote model.keras.
-    model = _build_model(train_config(tiny_data, "-", "gan", init_from=f"{out}/model.keras").resolved())
+    model = build_model(train_config(tiny_data, "-", "gan", init_from=f"{out}/model.keras").resolved())
     assert model.model_config.name == "tiny"
 
 

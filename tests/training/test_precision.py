@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from ebsd_keras.models.cvaegan import CVAEGAN
 from ebsd_keras.training import PHASE_DEFAULTS, TrainConfig
-from ebsd_keras.training.phases import _compile, initial_loss_scale
+from ebsd_keras.training.phases import compile_model, initial_loss_scale
 
 
 def test_initial_loss_scale_follows_the_largest_weight():
@@ -41,7 +41,7 @@ def test_every_phase_under_mixed_precision_updates_its_networks(policy):
         for phase in ("cvae", "gan"):  # gan = critic updates + generator updates
             cfg = TrainConfig(data_dir="-", output_dir="-", phase=phase, preset="tiny", n_critic=1,
                               mixed_precision=policy)  # fmt: skip
-            _compile(model, cfg.resolved())
+            compile_model(model, cfg.resolved())
             g0, c0 = int(model.encoder_decoder_optimizer.iterations), int(model.critic_optimizer.iterations)
             history = model.fit(data, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
             assert int(model.encoder_decoder_optimizer.iterations) - g0 == 2, phase
