@@ -81,6 +81,9 @@ PIXEL_TOLERANCE = 0.15
 #: A true-pattern floor (mean DI or refined error of the test set's own patterns) above this, degrees, means the
 #: dictionary is too coarse: patterns are matched to pseudo-symmetric neighbours, not refined to the truth.
 FLOOR_WARNING_DEG = 1.0
+#: A mean DI error of the true patterns below this, degrees, means the test orientations are dictionary grid points
+#: (a test grid inside the dictionary's): DI is then exact for the truth, a degenerate floor.
+DEGENERATE_FLOOR_DEG = 0.01
 REFINERS = ("bobyqa", "kikuchipy", "both")  # the values of Refiner
 _VERSION_PACKAGES = (
     "numpy",
@@ -727,17 +730,28 @@ def floor_warnings(true_stats: dict | None, basis: str = "") -> list[str]:
     Returns
     -------
     list of str
-        One sentence when the floor's mean exceeds :data:`FLOOR_WARNING_DEG`, else empty.
+        One sentence when the floor's mean exceeds :data:`FLOOR_WARNING_DEG` (dictionary too coarse), one when the
+        true patterns' DI error is below :data:`DEGENERATE_FLOOR_DEG` (test orientations on the dictionary grid);
+        else empty.
     """
     if not true_stats:
         return []
+    out = []
+    di_mean = (true_stats.get("di_error_deg") or {}).get("mean")
+    if di_mean is not None and di_mean < DEGENERATE_FLOOR_DEG:
+        out.append(
+            f"the true patterns dictionary-index to {di_mean:.4f} deg on average (less than {DEGENERATE_FLOOR_DEG:g} "
+            f"deg): the test orientations lie on the dictionary's grid ({basis or 'as given'}), so dictionary "
+            "indexing is exact for them and rewards a generator for landing on grid points; use a dictionary "
+            "resolution that is not the test set's sampling (--dictionary-resolution, degrees)"
+        )
     key = "refined_error_deg" if true_stats.get("refined_error_deg") else "di_error_deg"
     stats = true_stats.get(key) or {}
     mean, std = stats.get("mean"), stats.get("std", float("nan"))
     if mean is None or not mean > FLOOR_WARNING_DEG:
-        return []
+        return out
     what = "refined" if key == "refined_error_deg" else "dictionary-indexed"
-    return [
+    return out + [
         f"the true patterns themselves {what} to {mean:.2f} deg ± {std:.2f} deg (more than {FLOOR_WARNING_DEG:g} deg): "
         f"the dictionary ({basis or 'as given'}) is too coarse for this test set, so the indexing errors measure the "
         "dictionary, not the generator; use a finer --dictionary-resolution (degrees)"

@@ -318,3 +318,17 @@ def test_kikuchipy_cross_check_rows_appear_only_when_measured(true_report):
     true = {**doc["indexing"]["true"], "kikuchipy_refined_error_deg": stats, "bobyqa_vs_kikuchipy_deg": stats}
     md = report_markdown({**doc, "indexing": {**doc["indexing"], "true": true}})
     assert "| kikuchipy-refined error (7 patterns) |" in md and "| BOBYQA vs kikuchipy refinement |" in md
+
+
+def test_a_floor_on_the_dictionary_grid_is_warned_about():
+    """Test orientations that are dictionary points index exactly (DI error 0): a degenerate floor, said once."""
+    from ebsd_keras.evaluation.run import DEGENERATE_FLOOR_DEG
+
+    on_grid = {"di_error_deg": {"mean": 0.0, "std": 0.0}, "refined_error_deg": {"mean": 0.002, "std": 0.001}}
+    (warning,) = floor_warnings(on_grid, "training density (cubochoric N = 20)")
+    assert "on the dictionary's grid" in warning and "N = 20" in warning
+    off_grid = {
+        "di_error_deg": {"mean": 10 * DEGENERATE_FLOOR_DEG, "std": 0.1},
+        "refined_error_deg": on_grid["refined_error_deg"],
+    }
+    assert floor_warnings(off_grid) == []
