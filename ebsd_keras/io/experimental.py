@@ -245,6 +245,8 @@ def read_experimental(path, settings: ExperimentalSettings | None = None, progre
         kv = float(s.metadata.Acquisition_instrument.SEM.beam_energy)
     except (AttributeError, TypeError, ValueError):
         kv = None
+    if kv is not None and not kv > 0:  # kikuchipy's h5ebsd writer stores 0 when the energy is unknown
+        kv = None
     provenance = {
         "file": path.name,
         "reader": f"kikuchipy {_kikuchipy_version()} ({type(s).__name__})",
