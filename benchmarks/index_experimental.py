@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------ one path (child)
-def run_model(patterns: str, resolution: float, static: str) -> dict:
+def run_model(patterns: str, resolution: float, static: str, contrast: str = "raw") -> dict:
     from ebsd_keras.indexing.workflow import IndexRequest, index_map
     from ebsd_keras.io.experimental import ExperimentalSettings
 
@@ -46,6 +46,7 @@ def run_model(patterns: str, resolution: float, static: str) -> dict:
                 output=Path(tmp) / "x.h5",
                 experimental=ExperimentalSettings(static_background=static),
                 resolution_deg=resolution,
+                contrast=contrast,
                 progress=False,
             )
         )
@@ -59,7 +60,7 @@ def run_model(patterns: str, resolution: float, static: str) -> dict:
     }
 
 
-def run_kikuchipy(patterns: str, resolution: float, static: str) -> dict:
+def run_kikuchipy(patterns: str, resolution: float, static: str, contrast: str = "raw") -> dict:
     import kikuchipy as kp
     from orix.quaternion import Rotation
 
@@ -100,18 +101,18 @@ def run_kikuchipy(patterns: str, resolution: float, static: str) -> dict:
 
 def child(args) -> None:
     fn = run_model if args.method == "model" else run_kikuchipy
-    out = fn(args.patterns, args.resolution, args.static)
+    out = fn(args.patterns, args.resolution, args.static, args.contrast)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     Path(args.json).write_text(json.dumps(out))
 
 
-def run_path(method: str, patterns, resolution: float, static: str, cache: Path | None = None) -> dict:
+def run_path(method: str, patterns, resolution: float, static: str, cache=None, contrast: str = "raw") -> dict:
     if cache is not None and cache.is_file():
         return json.loads(cache.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = [sys.executable, __file__, "child", method, str(patterns), "--resolution", str(resolution),
-               "--static", static, "--json", str(out)]  # fmt: skip
+               "--static", static, "--contrast", contrast, "--json", str(out)]  # fmt: skip
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         subprocess.run(cmd, check=True, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL)
         result = json.loads(out.read_text())
@@ -122,22 +123,21 @@ def run_path(method: str, patterns, resolution: float, static: str, cache: Path 
 
 
 # ------------------------------------------------------------------------------------------------ comparisons
-def compare(model: dict, kikuchipy: dict, truth=None) -> dict:
+def compare(paths: dict, truth=None) -> dict:
+    """Each path's figures; the model paths' disorientations to the kikuchipy path."""
     from ebsd_keras.orientation import disorientation
 
-    qm, qk = np.asarray(model["quaternion"]), np.asarray(kikuchipy["quaternion"])
-    n = len(qm)
-    d = disorientation(qm, qk)
-    row = {
-        "n": n,
-        "disorientation_model_vs_kikuchipy_deg": {"mean": float(d.mean()), "max": float(d.max())},
-        "di_disorientation_model_vs_kikuchipy_deg": {
-            "mean": float(
-                disorientation(np.asarray(model["di_quaternion"]), np.asarray(kikuchipy["di_quaternion"])).mean()
-            )
-        },
-    }
-    for name, r in (("model", model), ("kikuchipy", kikuchipy)):
+    kikuchipy = paths["kikuchipy"]
+    qk = np.asarray(kikuchipy["quaternion"])
+    n = len(qk)
+    row = {"n": n}
+    for name, r in paths.items():
+        if name == "kikuchipy":
+            continue
+        d = disorientation(np.asarray(r["quaternion"]), qk)
+        di = disorientation(np.asarray(r["di_quaternion"]), np.asarray(kikuchipy["di_quaternion"]))
+        row[f"{name}_vs_kikuchipy_deg"] = {"mean": float(d.mean()), "max": float(d.max()), "di_mean": float(di.mean())}
+    for name, r in paths.items():
         row[name] = {
             "ncc_mean": float(np.mean(r["score"])),
             "di_ncc_mean": float(np.mean(r["di_score"])),
@@ -153,21 +153,32 @@ def compare(model: dict, kikuchipy: dict, truth=None) -> dict:
     return row
 
 
+def _paths(path, resolution, output, tag) -> dict:
+    """The three runs: the model with raw contrast (index's default), with its CLAHE, and kikuchipy."""
+    cache = None if output is None else output.parent / "cache"
+
+    def at(name):
+        return None if cache is None else cache / f"{tag}-{name}.json"
+
+    return {
+        "model": run_path("model", path, resolution, "file", at("model-raw"), "raw"),
+        "model_clahe": run_path("model", path, resolution, "file", at("model"), "model"),
+        "kikuchipy": run_path("kikuchipy", path, resolution, "file", at("kikuchipy")),
+    }
+
+
 def experimental(args) -> dict:
     import kikuchipy as kp
 
     path = Path(kp.data.__file__).parent / "kikuchipy_h5ebsd" / "patterns.h5"
-    cache = None if args.output is None else args.output.parent / "cache"
-    tag = f"experimental-{args.resolution:g}"
-    m = run_path("model", path, args.resolution, "file", cache and cache / f"{tag}-model.json")
-    k = run_path("kikuchipy", path, args.resolution, "file", cache and cache / f"{tag}-kikuchipy.json")
-    row = {"patterns": "kikuchipy nickel_ebsd_small (3 x 3, 60 x 60)", "resolution_deg": args.resolution,
-           **compare(m, k)}  # fmt: skip
+    paths = _paths(path, args.resolution, args.output, f"experimental-{args.resolution:g}")
+    row = {"patterns": "kikuchipy nickel_ebsd_small (3 x 3, 60 x 60)", "resolution_deg": args.resolution}
+    row.update(compare(paths))
     # a third opinion: the orientations stored in the file's own crystal map
     from ebsd_keras.orientation import disorientation
 
     stored = kp.load(str(path)).xmap.rotations.data
-    for name, r in (("model", m), ("kikuchipy", k)):
+    for name, r in paths.items():
         d = disorientation(np.asarray(r["quaternion"]), stored)
         row[name]["vs_file_orientations_deg"] = {"mean": float(d.mean()), "max": float(d.max())}
     return row
@@ -209,11 +220,9 @@ def noise(args) -> dict:
         for dose in args.doses:
             path = Path(tmp) / f"dose{dose:g}.h5"
             truth = degraded_map(path, dose, args.side, args.seed)
-            cache = None if args.output is None else args.output.parent / "cache"
             tag = f"noise-{args.resolution:g}-{dose:g}-{args.side}-{args.seed}"
-            m = run_path("model", path, args.resolution, "file", cache and cache / f"{tag}-model.json")
-            k = run_path("kikuchipy", path, args.resolution, "file", cache and cache / f"{tag}-kikuchipy.json")
-            rows.append({"dose_counts": dose, **compare(m, k, truth)})
+            paths = _paths(path, args.resolution, args.output, tag)
+            rows.append({"dose_counts": dose, **compare(paths, truth)})
             print(json.dumps(rows[-1]), flush=True)
     return {"map": f"{args.side} x {args.side} simulated Ni, EMsoft 20 kV, kikuchipy Ni detector",
             "resolution_deg": args.resolution, "rows": rows}  # fmt: skip
@@ -227,6 +236,7 @@ def main() -> None:
     c.add_argument("patterns")
     c.add_argument("--resolution", type=float, default=3.0)
     c.add_argument("--static", default="file")
+    c.add_argument("--contrast", default="raw")
     c.add_argument("--json", required=True)
     e = sub.add_parser("experimental")
     e.add_argument("--resolution", type=float, default=3.0)

@@ -10,8 +10,9 @@ Index an experimental EBSD map through a trained model: read it with kikuchipy (
 h5ebsd, NORDIF, EMsoft EMEBSD, ...), remove the static and dynamic backgrounds (optionally average neighbours),
 re-aim the model at the map's detector (projecting models: physics, field), index against a dictionary the model
 generates on a cubochoric grid, then refine every orientation (and optionally the pattern centre) by Gauss-Newton
-steps on the NCC through the model. The dictionary's contrast is the model's (CLAHE for the shipped models: the
-experimental patterns get the same CLAHE), or --contrast raw.
+steps on the NCC through the model. The dictionary's patterns are raw (min-max rescaled) projections by default,
+matched to the background-corrected patterns as kikuchipy does; --contrast model uses the model's own CLAHE (the
+experimental patterns then get the same CLAHE) -- less accurate on every map measured (docs/detectors.md).
 
 Output, written atomically (both files or neither): an orix CrystalMap HDF5 file (-o, .h5; kikuchipy and orix read
 it; scores = refined NCC, di_scores = dictionary NCC, pc_x/y/z with --refine-pc; the settings and every
@@ -45,7 +46,9 @@ def register(subparsers) -> None:
     d.add_argument("--pc", type=float, nargs=3, metavar=("PCX", "PCY", "PCZ"), help="Bruker pattern centre")
     d.add_argument("--tilt", type=float, metavar="DEG", help="detector tilt, degrees")
     d.add_argument("--sample-tilt", type=float, metavar="DEG", help="sample tilt, degrees")
-    d.add_argument("--contrast", choices=("model", "clahe", "raw"), default="model", help="dictionary contrast")
+    d.add_argument(
+        "--contrast", choices=("model", "clahe", "raw"), default="raw", help="dictionary contrast (raw; model: CLAHE)"
+    )
     r = p.add_argument_group("indexing")
     r.add_argument("--resolution", type=float, default=3.0, metavar="DEG", help="dictionary grid (3 deg)")
     r.add_argument("--no-refine", action="store_true", help="dictionary indexing only")

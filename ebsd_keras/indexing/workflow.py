@@ -309,9 +309,11 @@ class IndexRequest:
     experimental
         :class:`~ebsd_keras.io.experimental.ExperimentalSettings` (background removal, averaging, detector overrides).
     contrast
-        The dictionary's contrast: "model" (its own: CLAHE for the shipped models, then applied to the experimental
-        patterns too, with the same tiles), "clahe" or "raw" (min-max rescaled projections against the
-        background-corrected patterns).
+        The dictionary's contrast: "raw" (default: min-max rescaled projections against the background-corrected
+        patterns, as kikuchipy matches), "model" (the model's own: CLAHE for the shipped models, then applied to
+        the experimental patterns too, with the same tiles) or "clahe". Raw is the default because it was the more
+        accurate on every map measured (benchmarks/index_experimental.py, docs/detectors.md): CLAHE equalises
+        what background removal leaves and the noise along with the bands.
     resolution_deg
         Dictionary grid spacing, degrees (cubochoric, m-3m fundamental zone).
     refine, refine_pc, method, iterations, batch_size
@@ -324,7 +326,7 @@ class IndexRequest:
     model: Path | None = None
     kv: float | None = None
     experimental: object = None
-    contrast: Literal["model", "clahe", "raw"] = "model"
+    contrast: Literal["model", "clahe", "raw"] = "raw"
     resolution_deg: float = 3.0
     refine: bool = True
     refine_pc: bool = False

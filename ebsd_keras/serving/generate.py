@@ -829,7 +829,9 @@ def generate(model=None, request: GenerationRequest | None = None, **keywords) -
     fns = [_generator_fn(p.model) for p in parts]
     q, v32 = result.quaternion, result.voltage_kv.astype(np.float32)
     # a large detector (480 x 640) holds 85x the pixels of 60 x 60: bound the pixels per model call, not the count
-    step = max(1, min(int(req.batch_size), MAX_BATCH_PIXELS // (shape[0] * shape[1])))
+    # (a neural field holds (pixels, hidden units) activations: 8x fewer pixels per call)
+    limit = MAX_BATCH_PIXELS // (8 if cfg.decoder == "field" else 1)
+    step = max(1, min(int(req.batch_size), limit // (shape[0] * shape[1])))
     t0 = time.perf_counter()
     with writer, _progress(m, req.progress, "generating") as bar:
         for start in range(0, m, step):
