@@ -64,3 +64,19 @@ def test_export_with_another_contrast_saves_a_switched_model(tmp_path, capsys):
     assert "physics" in capsys.readouterr().err and not (tmp_path / "s2").exists()
     assert main(["export", str(raw), "-o", str(tmp_path / "s3"), "--keras", str(tmp_path / "k.keras")]) == 2
     assert "--contrast" in capsys.readouterr().err and not (tmp_path / "k.keras").exists()
+
+
+def test_export_for_another_detector_records_it_and_cnn_refuses(model, tmp_path, capsys):
+    from _gen_models import PHYSICS_SINGLE
+
+    physics = save_model(tmp_path / "p" / "model.keras", "physics", **PHYSICS_SINGLE)
+    out = tmp_path / "served"
+    argv = ["export", str(physics), "-o", str(out), "--shape", "96", "128", "--binning", "2", "--tilt", "0"]
+    assert main(argv) == 0
+    assert "for one detector: 48x64" in capsys.readouterr().out
+    meta = json.loads((out / "1" / "assets.extra" / "ebsd_keras.json").read_text())
+    assert meta["detector"]["shape"] == [48, 64] and meta["detector"]["tilt_deg"] == 0.0
+    assert meta["contrast"]["tiles"] == [4, 5] and meta["image_shape"] == [48, 64]
+    assert main(["export", str(model), "-o", str(tmp_path / "cnn"), "--shape", "48", "64"]) == 2
+    assert "cannot project onto another" in capsys.readouterr().err
+    assert not (tmp_path / "cnn" / "1").exists()
