@@ -52,7 +52,11 @@ def register(subparsers) -> None:
     r = p.add_argument_group("indexing")
     r.add_argument("--resolution", type=float, default=3.0, metavar="DEG", help="dictionary grid (3 deg)")
     r.add_argument("--no-refine", action="store_true", help="dictionary indexing only")
-    r.add_argument("--refine-pc", action="store_true", help="also refine the pattern centre, per pattern")
+    r.add_argument(
+        "--refine-pc",
+        action="store_true",
+        help="then refine orientation and pattern centre jointly, per pattern (forward-mode Gauss-Newton)",
+    )
     r.add_argument("--method", choices=("gauss-newton-fd", "gauss-newton", "adam"), default="gauss-newton-fd")
     r.add_argument("--iterations", type=int, help="refinement iterations at most")
     r.add_argument("--batch-size", type=int, default=256, help="dictionary patterns per model call (256)")
